@@ -1,0 +1,115 @@
+# ra — retrieval-aware distillation toolkit.
+#   make            build lib/libra.a and every tool in bin/ (CUDA kernels when nvcc is found)
+#   make CUDA=0     CPU-only build
+#   make test       C unit tests + bats suites (+ fuzz smoke when clang is present)
+#   make test-gpu   CUDA ops vs CPU twins and golden logits (needs a GPU)
+#   make deps       install the Debian packages the project needs (root)
+#   make install PREFIX=/usr/local
+
+PREFIX   ?= /usr/local
+VERSION  := 0.1.0
+CUDA_HOME ?= /usr/local/cuda
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+CUDA     ?= $(if $(NVCC),1,0)
+# Optional prefix holding headers and static libraries of the dependencies
+# (used on machines without the Debian packages, e.g. the GPU machine).
+DEPS_PREFIX ?=
+
+CC       ?= gcc
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -MMD -MP \
+            -Ilib -Ikernels -I/usr/include/x86_64-linux-gnu/openblas-pthread \
+            -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=$(CUDA)
+BASE_LDLIBS := -lmsgpackc -lxxhash -ljansson -lopenblas -lpcre2-8 -lm -lpthread
+LDLIBS   := $(BASE_LDLIBS)
+LDFLAGS  += -fopenmp
+ifneq ($(DEPS_PREFIX),)
+CFLAGS   += -I$(DEPS_PREFIX)/include
+LDFLAGS  += -L$(DEPS_PREFIX)/lib
+endif
+
+NVCCFLAGS ?= -O3 -g -lineinfo
+NVCCFLAGS += -std=c++17 -Ilib -Ikernels -DRA_HAVE_CUDA=1 \
+             -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90 \
+             -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
+ifeq ($(CUDA),1)
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+
+LIB_SRC  := $(wildcard lib/*.c)
+CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard kernels/*.cu))
+LIB_OBJ  := $(LIB_SRC:%.c=build/%.o) $(CU_SRC:%.cu=build/%.o)
+TOOLS    := $(patsubst %.c,%,$(wildcard bin/ra-*.c))
+UNIT     := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
+GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+MAN      := $(wildcard man/*.[157])
+
+.PHONY: all test unit bats fuzz-smoke test-gpu install deps clean
+all: lib/libra.a $(TOOLS) $(UNIT)
+
+lib/libra.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/lib/%.o: lib/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+build/kernels/%.o: kernels/%.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+bin/ra-%: bin/ra-%.c lib/libra.a
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# The unit tests, the bats suites and (with clang) a short fuzz run; one summary line.
+test: all
+	@tests/run.sh $(UNIT)
+
+unit: all
+	@RA_SKIP_BATS=1 RA_SKIP_FUZZ=1 tests/run.sh $(UNIT)
+
+bats: all
+	@RA_SKIP_UNIT=1 RA_SKIP_FUZZ=1 tests/run.sh
+
+# libFuzzer targets: clang with -fsanitize=fuzzer,address,undefined over the library sources.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+               -Ilib -I/usr/include/x86_64-linux-gnu/openblas-pthread -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=0 -fopenmp
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) $< $(LIB_SRC) -o $@ $(BASE_LDLIBS)
+fuzz-build: $(FUZZ_BIN)
+FUZZ_SECONDS ?= 30
+fuzz-smoke: fuzz-build
+	@RA_SKIP_UNIT=1 RA_SKIP_BATS=1 FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
+
+test-gpu: all $(GPU_TESTS)
+	@RA_SKIP_BATS=1 RA_SKIP_FUZZ=1 tests/run.sh $(GPU_TESTS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	           $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	for m in $(MAN); do install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$${m##*.}/; done
+
+DEB_PACKAGES := build-essential clang libclang-rt-14-dev pkg-config libmsgpack-dev libxxhash-dev \
+                libjansson-dev libopenblas-dev libpcre2-dev parallel bats bats-assert bats-support \
+                bats-file wamerican gnuplot-nox
+deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+
+clean:
+	rm -rf build lib/libra.a $(TOOLS)
+
+-include $(LIB_OBJ:.o=.d) $(UNIT:%=%.d)
