@@ -41,12 +41,13 @@ CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard kernels/*.cu))
 LIB_OBJ  := $(LIB_SRC:%.c=build/%.o) $(CU_SRC:%.cu=build/%.o)
 TOOLS    := $(patsubst %.c,%,$(wildcard bin/ra-*.c))
 UNIT     := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
+HELPERS  := $(patsubst tests/helpers/%.c,build/tests/helpers/%,$(wildcard tests/helpers/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
 .PHONY: all test unit bats fuzz-smoke test-gpu install deps clean
-all: lib/libra.a $(TOOLS) $(UNIT)
+all: lib/libra.a $(TOOLS) $(UNIT) $(HELPERS)
 
 lib/libra.a: $(LIB_OBJ)
 	@rm -f $@
@@ -66,6 +67,11 @@ bin/ra-%: bin/ra-%.c lib/libra.a
 build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Small programs the bats suites call to build inputs (tests/helpers/*.c).
+build/tests/helpers/%: tests/helpers/%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
 build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
