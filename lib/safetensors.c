@@ -518,38 +518,91 @@ static json_t *write_header(const st_write_tensor *t, int n, const json_t *metad
     return h;
 }
 
-int st_write(const char *path, const st_write_tensor *tensors, int n, const json_t *metadata, ra_error *err) {
+struct st_writer {
+    ra_atomic_file af;
+    uint64_t expected, written;
+};
+
+st_writer *st_writer_open(const char *path, const st_write_tensor *tensors, int n, const json_t *metadata,
+                          ra_error *err) {
     json_t *h = write_header(tensors, n, metadata, err);
-    if (!h) return err ? err->code : EX_SOFTWARE;
+    if (!h) return NULL;
     char *text = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
-    if (!text) return ra_fail(err, EX_SOFTWARE, "%s: could not encode the safetensors header", path);
+    if (!text) {
+        ra_fail(err, EX_SOFTWARE, "%s: could not encode the safetensors header", path);
+        return NULL;
+    }
     size_t len = strlen(text);
     size_t padded = (len + 7) / 8 * 8; /* the reference implementation pads with spaces to 8 bytes */
     if (padded > ST_MAX_HEADER_BYTES) {
         free(text);
-        return ra_fail(err, EX_SOFTWARE, "%s: safetensors header would be %zu bytes, over the limit", path, padded);
+        ra_fail(err, EX_SOFTWARE, "%s: safetensors header would be %zu bytes, over the limit", path, padded);
+        return NULL;
     }
     unsigned char lenbuf[8];
     for (int i = 0; i < 8; i++) lenbuf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
 
-    ra_atomic_file af;
-    int rc = ra_atomic_open(&af, path, err);
-    if (rc) {
+    st_writer *w = xcalloc(1, sizeof *w);
+    for (int i = 0; i < n; i++)
+        w->expected += (uint64_t)ra_shape_numel(tensors[i].ndim, tensors[i].shape) * ra_dtype_size(tensors[i].dtype);
+    if (ra_atomic_open(&w->af, path, err) != 0) {
         free(text);
+        free(w);
+        return NULL;
+    }
+    int ok = fwrite(lenbuf, 1, 8, w->af.f) == 8 && fwrite(text, 1, len, w->af.f) == len;
+    for (size_t i = len; ok && i < padded; i++) ok = fputc(' ', w->af.f) != EOF;
+    free(text);
+    if (!ok) {
+        ra_fail(err, EX_IOERR, "%s: write failed: %s", path, strerror(errno));
+        st_writer_abort(w);
+        return NULL;
+    }
+    return w;
+}
+
+int st_writer_data(st_writer *w, const void *data, uint64_t nbytes, ra_error *err) {
+    if (nbytes > w->expected - w->written) {
+        int rc = ra_fail(err, EX_SOFTWARE, "%s: more tensor data than the header declares", w->af.path);
+        st_writer_abort(w);
         return rc;
     }
-    int ok = fwrite(lenbuf, 1, 8, af.f) == 8 && fwrite(text, 1, len, af.f) == len;
-    for (size_t i = len; ok && i < padded; i++) ok = fputc(' ', af.f) != EOF;
-    free(text);
-    for (int i = 0; ok && i < n; i++) {
-        size_t nb = (size_t)ra_shape_numel(tensors[i].ndim, tensors[i].shape) * ra_dtype_size(tensors[i].dtype);
-        ok = nb == 0 || fwrite(tensors[i].data, 1, nb, af.f) == nb;
+    if (nbytes && fwrite(data, 1, (size_t)nbytes, w->af.f) != nbytes) {
+        int rc = ra_fail(err, EX_IOERR, "%s: write failed: %s", w->af.path, strerror(errno));
+        st_writer_abort(w);
+        return rc;
     }
-    if (!ok) {
-        int e = errno;
-        ra_atomic_abort(&af);
-        return ra_fail(err, EX_IOERR, "%s: write failed: %s", path, strerror(e));
+    w->written += nbytes;
+    return 0;
+}
+
+int st_writer_close(st_writer *w, ra_error *err) {
+    int rc;
+    if (w->written != w->expected) {
+        rc = ra_fail(err, EX_SOFTWARE, "%s: %llu bytes of tensor data written, the header declares %llu", w->af.path,
+                     (unsigned long long)w->written, (unsigned long long)w->expected);
+        ra_atomic_abort(&w->af);
+    } else {
+        rc = ra_atomic_commit(&w->af, err);
     }
-    return ra_atomic_commit(&af, err);
+    free(w);
+    return rc;
+}
+
+void st_writer_abort(st_writer *w) {
+    if (!w) return;
+    ra_atomic_abort(&w->af);
+    free(w);
+}
+
+int st_write(const char *path, const st_write_tensor *tensors, int n, const json_t *metadata, ra_error *err) {
+    st_writer *w = st_writer_open(path, tensors, n, metadata, err);
+    if (!w) return err && err->code ? err->code : EX_SOFTWARE;
+    for (int i = 0; i < n; i++) {
+        uint64_t nb = (uint64_t)ra_shape_numel(tensors[i].ndim, tensors[i].shape) * ra_dtype_size(tensors[i].dtype);
+        int rc = st_writer_data(w, tensors[i].data, nb, err);
+        if (rc) return rc;
+    }
+    return st_writer_close(w, err);
 }

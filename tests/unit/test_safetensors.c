@@ -348,6 +348,47 @@ TEST(writer_refuses_bad_input) {
     EXPECT(access(tmp_path("dup.safetensors"), F_OK) != 0); /* nothing left behind */
 }
 
+TEST(streaming_writer_checks_byte_counts) {
+    test_seed(5);
+    int64_t sa[2] = {3, 5}, sb[1] = {7};
+    unsigned char a[30], b[28];
+    fill_random(a, sizeof a);
+    fill_random(b, sizeof b);
+    st_write_tensor w[2] = {{"a", RA_BF16, 2, sa, NULL}, {"b", RA_I32, 1, sb, NULL}};
+    ra_error err = {0};
+    const char *path = tmp_path("stream.safetensors");
+    st_writer *sw = st_writer_open(path, w, 2, NULL, &err);
+    EXPECT(sw != NULL);
+    if (!sw) return;
+    /* pieces that straddle the tensor boundary */
+    EXPECT_EQ_INT(st_writer_data(sw, a, 7, &err), 0);
+    unsigned char mid[30];
+    memcpy(mid, a + 7, 23);
+    memcpy(mid + 23, b, 5);
+    EXPECT_EQ_INT(st_writer_data(sw, mid, 28, &err), 0);
+    EXPECT_EQ_INT(st_writer_data(sw, b + 5, 23, &err), 0);
+    EXPECT_EQ_INT(st_writer_close(sw, &err), 0);
+    st_set *s = NULL;
+    EXPECT_EQ_INT(st_open(path, &s, &err), 0);
+    if (s) {
+        const st_tensor *ta = st_find(s, "a"), *tb = st_find(s, "b");
+        EXPECT(ta && ta->nbytes == 30 && memcmp(ta->data, a, 30) == 0);
+        EXPECT(tb && tb->nbytes == 28 && memcmp(tb->data, b, 28) == 0);
+        st_close(s);
+    }
+    /* too few bytes: nothing is left under the name */
+    const char *short_path = tmp_path("short.safetensors");
+    sw = st_writer_open(short_path, w, 2, NULL, &err);
+    EXPECT(sw && st_writer_data(sw, a, 30, &err) == 0);
+    EXPECT(st_writer_close(sw, &err) != 0);
+    EXPECT(access(short_path, F_OK) != 0);
+    /* too many */
+    sw = st_writer_open(short_path, w, 2, NULL, &err);
+    EXPECT(sw && st_writer_data(sw, a, 30, &err) == 0);
+    EXPECT(st_writer_data(sw, mid, 29, &err) != 0); /* frees the writer */
+    EXPECT(access(short_path, F_OK) != 0);
+}
+
 TEST(truncated_file_is_rejected) {
     int64_t shape[2] = {4, 4};
     float d[16];
@@ -555,6 +596,7 @@ int main(void) {
     RUN(parsed_tensors_point_at_their_bytes);
     RUN(every_dtype_round_trips_byte_exactly);
     RUN(writer_refuses_bad_input);
+    RUN(streaming_writer_checks_byte_counts);
     RUN(truncated_file_is_rejected);
     RUN(missing_inputs_are_noinput);
     RUN(sharded_checkpoint_opens);
