@@ -57,6 +57,19 @@ typedef struct st_write_tensor {
 } st_write_tensor;
 int st_write(const char *path, const st_write_tensor *tensors, int n, const json_t *metadata, ra_error *err);
 
+/* Streaming writer, for tensors too large to hold at once: st_writer_open
+ * writes the header from the tensors' names, dtypes and shapes (their data
+ * pointers are ignored); then exactly the tensors' bytes follow, in order, in
+ * any number of st_writer_data calls; st_writer_close checks the byte count
+ * and renames the file into place.  On any error the writer is freed and the
+ * temporary file removed. */
+typedef struct st_writer st_writer;
+st_writer *st_writer_open(const char *path, const st_write_tensor *tensors, int n, const json_t *metadata,
+                          ra_error *err);
+int st_writer_data(st_writer *w, const void *data, uint64_t nbytes, ra_error *err);
+int st_writer_close(st_writer *w, ra_error *err);
+void st_writer_abort(st_writer *w);
+
 /* safetensors dtype names ("BF16", "F32", ...) <-> ra dtypes. */
 const char *st_dtype_name(ra_dtype t);
 int st_dtype_parse(const char *s, ra_dtype *out); /* -1: unknown or unsupported */

@@ -1,0 +1,118 @@
+/* A decoder model in host memory: the Hugging Face config, every weight as an
+ * fp32 array (converted from bf16/f16/f32 at load), and the content id of the
+ * artifact it came from.
+ *
+ * Sources (ra_model_load picks by what the path is):
+ *  - a Hugging Face directory: config.json + model.safetensors or
+ *    model.safetensors.index.json with its shards;
+ *  - a `model` ra stream (file or "-" for stdin): meta.config is the
+ *    config.json object, tensors carry the Hugging Face names.
+ *
+ * Content id (32 lower-case hex characters, the XXH3-128 digest in canonical
+ * big-endian byte order, like every ra content id):
+ *  - model ra stream: the stream's own digest (its trailer's XXH3-128);
+ *  - Hugging Face directory: XXH3-128 over, in this order,
+ *      the bytes of config.json, then for every tensor of the checkpoint
+ *      (all of them, ignored ones too) in ascending strcmp order of names:
+ *        name bytes, one NUL byte,
+ *        safetensors dtype name ("BF16", "F32", ...), one NUL byte,
+ *        ndim as uint32 little-endian, each dim as int64 little-endian,
+ *        the tensor's data bytes as stored.
+ *    So the id changes with any weight, shape, dtype or config byte, and not
+ *    with how the checkpoint is split into shards.
+ *
+ * Code: lib/model.c (the struct, allocation, the weight list) and
+ * lib/model_load.c (loading, validation, identity, writing).
+ *
+ * Tensor names are those of transformers' LlamaForCausalLM /
+ * Qwen2ForCausalLM: model.embed_tokens.weight, model.norm.weight,
+ * lm_head.weight (absent when tie_word_embeddings: the embedding is used),
+ * model.layers.<i>.{input_layernorm,post_attention_layernorm}.weight,
+ * model.layers.<i>.self_attn.{q,k,v,o}_proj.{weight,bias} (biases per the
+ * config), model.layers.<i>.mlp.{gate,up,down}_proj.weight.  Every expected
+ * tensor must be present with exactly its shape; `rotary_emb.inv_freq`
+ * buffers of old checkpoints are ignored; any other extra tensor is ignored
+ * with a warning (ra_model.warning). */
+#ifndef RA_MODEL_H
+#define RA_MODEL_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "error.h"
+#include "hf_config.h"
+
+#define RA_MODEL_ID_LEN 32
+
+/* One decoder layer.  The mixer's attention part is described by the set of
+ * query-head slots it runs (all H of them for a teacher); a hybrid student
+ * (issue 6) adds its SSM heads here for the other slots, so the teacher
+ * layout stays as it is. */
+typedef struct ra_layer {
+    int n_attn_heads; /* query heads run as softmax attention */
+    int *attn_heads;  /* their slots in 0..H-1, ascending */
+
+    float *input_norm;        /* input_layernorm.weight [D] */
+    float *wq, *wk, *wv, *wo; /* q [H*hd, D], k/v [Hkv*hd, D], o [D, H*hd] */
+    float *bq, *bk, *bv, *bo; /* biases or NULL (Qwen2: q/k/v; Llama attention_bias: all four) */
+
+    float *post_norm;         /* post_attention_layernorm.weight [D] */
+    float *w_gate, *w_up;     /* [I, D] */
+    float *w_down;            /* [D, I] */
+} ra_layer;
+
+typedef struct ra_model {
+    hf_config cfg;
+    float *embed;      /* [V, D] */
+    float *final_norm; /* [D] */
+    float *lm_head;    /* [V, D]; the same pointer as embed when tied */
+    ra_layer *layers;  /* [cfg.num_layers] */
+    char content_id[RA_MODEL_ID_LEN + 1];
+    char source[512];  /* path it was loaded from, for messages */
+    char warning[512]; /* non-fatal findings of the loader ("" if none) */
+} ra_model;
+
+/* One weight of the model as the loaders and writers see it. */
+typedef struct ra_model_tensor {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    float **data; /* the slot in the model that holds it */
+} ra_model_tensor;
+
+/* The weights a model of this config has, in a fixed order (embedding,
+ * layers, final norm, LM head unless tied).  *out is malloc'ed; returns the
+ * count.  Slots point into m, which must outlive the list. */
+int ra_model_tensor_list(ra_model *m, ra_model_tensor **out);
+
+/* Check a config for what the forward pass relies on (positive sizes, H a
+ * multiple of Hkv, even head_dim, sizes that fit in memory indexes).
+ * EX_DATAERR naming the field. */
+int ra_model_check_config(const hf_config *c, const char *name, ra_error *err);
+
+/* A model with this config and every weight allocated (uninitialised), all
+ * heads attention heads.  For tests and for tools that build models. */
+int ra_model_alloc(const hf_config *c, ra_model **out, ra_error *err);
+
+/* The struct and its layers (all heads attention heads) with every weight
+ * NULL, for loaders to fill.  c must have passed ra_model_check_config. */
+ra_model *ra_model_shell(const hf_config *c);
+
+/* Load from a Hugging Face directory or a model ra stream ("-" = stdin).
+ * Errors: EX_NOINPUT (path, config.json or weights missing), EX_DATAERR
+ * (bad config, missing tensor, wrong shape, non-float dtype, not a model
+ * stream), EX_IOERR. */
+int ra_model_load(const char *path, ra_model **out, ra_error *err);
+int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err);
+int ra_model_load_stream(const char *path, ra_model **out, ra_error *err);
+
+/* Write m as a model ra stream (meta.config = hf_config_to_json, tensors by
+ * HF names in ra_model_tensor_list order, stored as dtype bf16/f16/f32).
+ * provenance may be NULL.  content_id (may be NULL) receives the stream id. */
+int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
+                          char *content_id, ra_error *err);
+
+void ra_model_free(ra_model *m);
+
+#endif
