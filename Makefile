@@ -84,6 +84,12 @@ build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
+# Test-only helper that writes and dumps ra streams for the bats suites (not installed).
+all: build/tests/ra-mkstream
+build/tests/ra-mkstream: tests/helpers/ra-mkstream.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
 # The unit tests, the bats suites and (with clang) a short fuzz run; one summary line.
 test: all
 	@tests/run.sh $(UNIT)
