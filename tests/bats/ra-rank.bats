@@ -4,7 +4,7 @@
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
-HELPERS="$BATS_TEST_DIRNAME/../../build/tests/helpers"
+HELPERS="$BATS_TEST_DIRNAME/../../build/tests"
 
 # 3 layers x 4 heads (2 KV groups of 2), head_dim 16.  Lines: acc_drop logprob_drop [exact],
 # (layer, head) order.  Ties: (0,1)/(1,0) on acc (log-prob decides), (0,0)/(0,2) on both
