@@ -152,20 +152,33 @@ static void put_float(FILE *f, double x, int single) {
     fputs(buf, f);
 }
 
-/* Values as a flat JSON array in row-major order. */
+/* Values as a flat JSON array in row-major order.  data may be unaligned
+ * (safetensors offsets are not aligned), so elements are copied out. */
 static void put_values(FILE *f, const void *data, ra_dtype dt, int64_t n) {
+    const unsigned char *p = data;
+    size_t es = ra_dtype_size(dt);
     fputc('[', f);
     for (int64_t i = 0; i < n; i++) {
+        const unsigned char *e = p + (size_t)i * es;
         if (i) fputc(',', f);
-        switch (dt) {
-        case RA_BF16: put_float(f, ra_bf16_to_f32(((const uint16_t *)data)[i]), 1); break;
-        case RA_F16: put_float(f, ra_f16_to_f32(((const uint16_t *)data)[i]), 1); break;
-        case RA_F32: put_float(f, ((const float *)data)[i], 1); break;
-        case RA_F64: put_float(f, ((const double *)data)[i], 0); break;
-        case RA_I32: fprintf(f, "%d", (int)((const int32_t *)data)[i]); break;
-        case RA_I64: fprintf(f, "%lld", (long long)((const int64_t *)data)[i]); break;
-        case RA_U8: fprintf(f, "%u", (unsigned)((const uint8_t *)data)[i]); break;
-        default: fputs("null", f);
+        if (dt == RA_F64) {
+            double d;
+            memcpy(&d, e, 8);
+            put_float(f, d, 0);
+        } else if (dt == RA_I64) {
+            int64_t v;
+            memcpy(&v, e, 8);
+            fprintf(f, "%lld", (long long)v);
+        } else if (dt == RA_I32) {
+            int32_t v;
+            memcpy(&v, e, 4);
+            fprintf(f, "%d", (int)v);
+        } else if (dt == RA_U8) {
+            fprintf(f, "%u", (unsigned)*e);
+        } else {
+            float x;
+            ra_convert_to_f32(&x, e, dt, 1);
+            put_float(f, x, 1);
         }
     }
     fputc(']', f);
