@@ -36,12 +36,13 @@ static const char usage[] =
     "  --batch N            token rows per forward call (default 16 on cpu, 128 on cuda)\n"
     "  --dump-prompts FILE  write the prompts as text (\"-\" = stdout); without -m,\n"
     "                       only that\n"
+    "  --dump-tokens FILE   write the token rows and scoring targets as JSON\n"
     "  -o FILE              write the scores to FILE (default stdout)\n"
     "  -q                   no progress on stderr\n"
     "  --help, --version\n";
 
 typedef struct probe_cli {
-    const char *model, *tokenizer, *words, *dump, *out;
+    const char *model, *tokenizer, *words, *dump, *dump_tokens, *out;
     int pairs, samples, batch, confirm;
     uint64_t seed;
     probe_score_mode score;
@@ -86,6 +87,7 @@ static void parse_args(int argc, char **argv, probe_cli *o) {
             o->device_given = 1;
         } else if (!strcmp(a, "--batch")) o->batch = (int)ra_parse_int(a, VALUE(), 1, 1 << 20);
         else if (!strcmp(a, "--dump-prompts")) o->dump = VALUE();
+        else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = VALUE();
         else if (!strcmp(a, "-o")) o->out = VALUE();
         else if (!strcmp(a, "-q")) ra_progress_quiet = 1;
         else ra_usage_error("unknown argument '%s'", a);
@@ -174,6 +176,7 @@ int main(int argc, char **argv) {
     if (ra_forward_backend_get(o.device, &be, &err)) ra_die_error(&err);
     if (!o.batch) o.batch = o.device == RA_DEVICE_CUDA ? 128 : 16;
 
+    double t_load = ra_now();
     ra_tokenizer *tok = load_tokenizer(&o);
     ra_model *m;
     if (ra_model_load(o.model, &m, &err)) ra_die_error(&err);
@@ -185,6 +188,7 @@ int main(int argc, char **argv) {
         ra_error_prefix(&err, "%s: ", o.tokenizer ? o.tokenizer : o.model);
         ra_die_error(&err);
     }
+    if (o.dump_tokens && probe_data_dump_json(&d, o.dump_tokens, &err)) ra_die_error(&err);
     int N = d.n_items;
     if (o.method == M_HYBRID && o.confirm < 0) o.confirm = default_confirm(LH);
     if (o.confirm > LH) o.confirm = LH;
@@ -198,13 +202,15 @@ int main(int argc, char **argv) {
     probe_outcome *base = xcalloc((size_t)N, sizeof(probe_outcome));
     probe_opts po = {o.batch, NULL};
     ra_progress prog;
-    double t0 = ra_now();
+    double t0 = ra_now(), t_attr = 0, t_exact = 0;
+    t_load = t0 - t_load;
 
     int need_attr = o.method != M_EXACT || o.compare;
     if (need_attr) {
         s.attribution = xmalloc((size_t)LH * sizeof(float));
         if (!ra_progress_quiet) fprintf(stderr, "ra-probe: attribution (one forward + backward, cpu) ...\n");
         if (probe_attribution_cpu(m, &d, &po, s.attribution, base, &err)) ra_die_error(&err);
+        t_attr = ra_now() - t0;
         for (int i = 0; i < LH; i++) s.logprob_drop[i] = s.attribution[i];
     }
     if (o.method != M_ATTRIBUTION) {
@@ -220,6 +226,7 @@ int main(int argc, char **argv) {
         probe_exact_result r = {base, NULL, s.acc_drop, s.logprob_drop};
         if (probe_exact(be, m, &d, measure, &po, &r, &err)) ra_die_error(&err);
         ra_progress_finish(&prog, (int64_t)N * n_measure);
+        t_exact = ra_now() - t0 - t_attr;
         for (int i = 0; i < LH; i++) s.exact[i] = !measure || measure[i];
         free(measure);
     }
@@ -269,6 +276,9 @@ int main(int argc, char **argv) {
                         "exact; %s on %s, %.1f s\n",
                 N, acc, o.score == PROBE_SCORE_CHOICE ? 1.0 / o.pairs : 0.0, lp, n_exact, LH, method_name[o.method],
                 ra_device_name(o.device), ra_now() - t0);
+    if (!ra_progress_quiet)
+        fprintf(stderr, "ra-probe: timing: load %.2f s, attribution %.2f s, exact %.2f s (%d heads), total %.2f s\n",
+                t_load, t_attr, t_exact, o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact);
     json_decref(meta);
     json_decref(prov);
     free(base);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomic_file.h"
 #include "tokenizer.h"
 
 /* ------------------------------------------------------------ data building */
@@ -177,6 +178,44 @@ int probe_data_build(const probe_prompts *ps, ra_tokenizer *tok, probe_score_mod
     free(cand_n);
     ra_ids_free(&p);
     if (rc) probe_data_free(out);
+    return rc;
+}
+
+int probe_data_dump_json(const probe_data *d, const char *path, ra_error *err) {
+    json_t *root = json_object(), *rows = json_array(), *items = json_array();
+    json_object_set_new(root, "mode", json_string(probe_score_name(d->mode)));
+    for (int r = 0; r < d->n_rows; r++) {
+        json_t *row = json_array();
+        for (int t = 0; t < d->rows[r].n_tokens; t++) json_array_append_new(row, json_integer(d->rows[r].tokens[t]));
+        json_array_append_new(rows, row);
+    }
+    for (int i = 0; i < d->n_items; i++) {
+        const probe_item *it = &d->items[i];
+        json_t *cands = json_array();
+        for (int c = 0; c < it->n_cand; c++) {
+            json_t *cand = json_array();
+            for (int t = it->cand_start[c]; t < it->cand_start[c + 1]; t++)
+                json_array_append_new(cand, json_pack("[i, i, i]", it->targets[t].row, it->targets[t].pos,
+                                                      it->targets[t].token));
+            json_array_append_new(cands, cand);
+        }
+        json_array_append_new(items, json_pack("{s:i, s:i, s:i, s:o}", "first_row", it->first_row, "n_rows",
+                                               it->n_rows, "correct", it->correct, "candidates", cands));
+    }
+    json_object_set_new(root, "rows", rows);
+    json_object_set_new(root, "items", items);
+    char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    int rc = 0;
+    if (!strcmp(path, "-")) {
+        if (fputs(text, stdout) < 0 || fputc('\n', stdout) < 0 || fflush(stdout))
+            rc = ra_fail(err, EX_IOERR, "stdout: write failed");
+    } else {
+        size_t n = strlen(text);
+        text[n] = '\n'; /* replaces the NUL: written with its length */
+        rc = ra_write_file_atomic(path, text, n + 1, err);
+    }
+    free(text);
     return rc;
 }
 

@@ -83,6 +83,12 @@ struct ra_tokenizer;
 int probe_data_build(const probe_prompts *ps, struct ra_tokenizer *tok, probe_score_mode mode, int vocab_size,
                      probe_data *out, ra_error *err);
 
+/* Write the rows and targets as JSON (for reference implementations that
+ * must score exactly the same token ids): {"mode", "rows": [[ids]...],
+ * "items": [{"first_row", "n_rows", "correct", "candidates": [[[row, pos,
+ * token], ...], ...]}, ...]}.  path "-" is stdout. */
+int probe_data_dump_json(const probe_data *d, const char *path, ra_error *err);
+
 /* Per-prompt outcome: log-probability of the correct answer, and whether it
  * was the model's choice. */
 typedef struct probe_outcome {

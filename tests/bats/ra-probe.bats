@@ -213,3 +213,19 @@ meta() { dump "$1" | sed -n 's/^meta //p'; }
     assert_failure 69
     assert_output --partial "cuda"
 }
+
+@test "--dump-tokens writes the rows and targets it scores" {
+    ra-probe -m "$M" "${P[@]}" --dump-tokens "$BATS_TEST_TMPDIR/t.json" -o /dev/null
+    run python3 -c "
+import json, sys
+d = json.load(open('$BATS_TEST_TMPDIR/t.json'))
+assert d['mode'] == 'choice' and len(d['items']) == 6, d.keys()
+for it in d['items']:
+    assert len(it['candidates']) == 3 and 0 <= it['correct'] < 3
+    for cand in it['candidates']:
+        for r, p, tok in cand:
+            assert it['first_row'] <= r < it['first_row'] + it['n_rows'] and p < len(d['rows'][r])
+print('ok')"
+    assert_success
+    assert_output "ok"
+}
