@@ -31,8 +31,7 @@ static const char usage[] =
     "                       (default 4 x 2% of all heads, at least 4)\n"
     "  --compare            exact: also compute attribution and report the rank\n"
     "                       correlation between the two\n"
-    "  --device cpu|cuda    backend of the forward passes (default cuda when a GPU\n"
-    "                       is usable, else cpu); attribution runs on the CPU\n"
+    "  --device cpu|cuda    where to run (default cuda when a GPU is usable, else cpu)\n"
     "  --batch N            token rows per forward call (default 16 on cpu, 128 on cuda)\n"
     "  --dump-prompts FILE  write the prompts as text (\"-\" = stdout); without -m,\n"
     "                       only that\n"
@@ -208,8 +207,9 @@ int main(int argc, char **argv) {
     int need_attr = o.method != M_EXACT || o.compare;
     if (need_attr) {
         s.attribution = xmalloc((size_t)LH * sizeof(float));
-        if (!ra_progress_quiet) fprintf(stderr, "ra-probe: attribution (one forward + backward, cpu) ...\n");
-        if (probe_attribution_cpu(m, &d, &po, s.attribution, base, &err)) ra_die_error(&err);
+        if (!ra_progress_quiet)
+            fprintf(stderr, "ra-probe: attribution (one forward + backward, %s) ...\n", ra_device_name(o.device));
+        if (probe_attribution_device(o.device, m, &d, &po, s.attribution, base, &err)) ra_die_error(&err);
         t_attr = ra_now() - t0;
         for (int i = 0; i < LH; i++) s.logprob_drop[i] = s.attribution[i];
     }
@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
         ra_progress_start(&prog, "ra-probe: exact", "ablations", (int64_t)N * n_measure);
         po.progress = &prog;
         probe_exact_result r = {base, NULL, s.acc_drop, s.logprob_drop};
-        if (probe_exact(be, m, &d, measure, &po, &r, &err)) ra_die_error(&err);
+        if (probe_exact_device(o.device, m, &d, measure, &po, &r, &err)) ra_die_error(&err);
         ra_progress_finish(&prog, (int64_t)N * n_measure);
         t_exact = ra_now() - t0 - t_attr;
         for (int i = 0; i < LH; i++) s.exact[i] = !measure || measure[i];
