@@ -21,6 +21,12 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -MMD -MP \
             -Ilib -Ikernels -I/usr/include/x86_64-linux-gnu/openblas-pthread \
             -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=$(CUDA)
 BASE_LDLIBS := -lmsgpackc -lxxhash -ljansson -lopenblas -lpcre2-8 -lm -lpthread
+# ICU (optional): the NFC normalizer of Qwen2 tokenizers; without it NFC is refused.
+ICU      ?= $(shell pkg-config --exists icu-uc 2>/dev/null && echo 1 || echo 0)
+CFLAGS   += -DRA_HAVE_ICU=$(ICU)
+ifeq ($(ICU),1)
+BASE_LDLIBS += -licuuc
+endif
 LDLIBS   := $(BASE_LDLIBS)
 LDFLAGS  += -fopenmp
 ifneq ($(DEPS_PREFIX),)
@@ -41,12 +47,15 @@ CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard kernels/*.cu))
 LIB_OBJ  := $(LIB_SRC:%.c=build/%.o) $(CU_SRC:%.cu=build/%.o)
 TOOLS    := $(patsubst %.c,%,$(wildcard bin/ra-*.c))
 UNIT     := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
+# The flash attention kernel compiled for the host against a warp simulator
+# (C++, no GPU needed), so CI checks its logic too.
+UNIT     += build/tests/test_flash_sim
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
-.PHONY: all test unit bats fuzz-smoke test-gpu install deps clean
-all: lib/libra.a $(TOOLS) $(UNIT)
+.PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins install deps clean
+all: lib/libra.a $(TOOLS) $(UNIT) build/tests/mk-hf
 
 lib/libra.a: $(LIB_OBJ)
 	@rm -f $@
@@ -74,9 +83,30 @@ build/tests/ra-%: tests/helpers/ra-%.c lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
+# Test helper: tiny random Hugging Face checkpoints (used by the bats suites).
+build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+build/tests/test_flash_sim: tests/unit/test_flash_sim.cpp kernels/flash_attention.cuh
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ikernels $< -o $@
+
 build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test-only helper that writes and dumps ra streams for the bats suites (not installed).
+all: build/tests/ra-mkstream
+build/tests/ra-mkstream: tests/helpers/ra-mkstream.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test-only helpers of the ra-rank / ra-probe suites: write scores, print plans.
+all: build/tests/mk-scores build/tests/plan-info
+build/tests/mk-scores build/tests/plan-info: build/tests/%: tests/helpers/%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
 # The unit tests, the bats suites and (with clang) a short fuzz run; one summary line.
 test: all
@@ -90,7 +120,7 @@ bats: all
 
 # libFuzzer targets: clang with -fsanitize=fuzzer,address,undefined over the library sources.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-               -Ilib -I/usr/include/x86_64-linux-gnu/openblas-pthread -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=0 -fopenmp
+               -Ilib -I/usr/include/x86_64-linux-gnu/openblas-pthread -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=0 -DRA_HAVE_ICU=$(ICU) -fopenmp
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
 	@mkdir -p $(@D)
@@ -100,7 +130,10 @@ FUZZ_SECONDS ?= 30
 fuzz-smoke: fuzz-build
 	@RA_SKIP_UNIT=1 RA_SKIP_BATS=1 FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
 
-test-gpu: all $(GPU_TESTS)
+# Build the GPU test binaries without running them (for a build-then-run GPU job).
+test-gpu-bins: all $(GPU_TESTS)
+
+test-gpu: test-gpu-bins
 	@RA_SKIP_BATS=1 RA_SKIP_FUZZ=1 tests/run.sh $(GPU_TESTS)
 
 install: all
@@ -110,8 +143,8 @@ install: all
 	for m in $(MAN); do install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$${m##*.}/; done
 
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev pkg-config libmsgpack-dev libxxhash-dev \
-                libjansson-dev libopenblas-dev libpcre2-dev parallel bats bats-assert bats-support \
-                bats-file wamerican gnuplot-nox
+                libjansson-dev libopenblas-dev libpcre2-dev libicu-dev parallel bats bats-assert bats-support \
+                bats-file wamerican gnuplot-nox jq
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)

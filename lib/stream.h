@@ -40,6 +40,9 @@ typedef struct ra_tensor {
 
 /* ---------------------------------------------------------------- writing */
 
+/* 1 if kind is one of: model scores plan tokens results activations checkpoint. */
+int ra_kind_is_known(const char *kind);
+
 typedef struct ra_writer ra_writer;
 
 /* Open a writer.  path "-" writes to stdout (refused when stdout is a
@@ -92,6 +95,11 @@ const char *ra_reader_name(const ra_reader *r);         /* file name for message
 int ra_reader_next(ra_reader *r, ra_tensor_info *info, ra_error *err);
 /* Read the current tensor's data (all parts) into dst (dst_bytes >= nbytes). */
 int ra_reader_read(ra_reader *r, void *dst, uint64_t dst_bytes, ra_error *err);
+/* Read up to cap bytes of the current tensor's data into dst (NULL: skip
+ * them), across parts.  Returns the number of bytes read (less than cap only
+ * at the tensor's end, 0 once it is all read), or -1 with err set.  For
+ * copying tensors too large to hold in memory. */
+int64_t ra_reader_read_chunk(ra_reader *r, void *dst, uint64_t cap, ra_error *err);
 /* Read the current tensor converted to f32 (dst holds numel floats). */
 int ra_reader_read_f32(ra_reader *r, float *dst, int64_t dst_numel, ra_error *err);
 /* Content id of the stream (valid after ra_reader_next returned 0). */

@@ -1,0 +1,166 @@
+/* Device selection, memory, the stream and host<->device conversions. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+#include "ops_cuda.h"
+
+extern "C" {
+#include "dtype.h"
+}
+
+cudaStream_t ra_cuda_stream = 0;
+
+static const double GiB = 1024.0 * 1024.0 * 1024.0;
+
+extern "C" int cuda_device_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so later calls start clean */
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" int cuda_device_init(int device, ra_error *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return ra_fail(err, EX_UNAVAILABLE, "no usable CUDA GPU (%s); use --device cpu",
+                       e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
+    }
+    if (device < 0 || device >= n)
+        return ra_fail(err, EX_USAGE, "GPU %d requested but only %d visible (CUDA_VISIBLE_DEVICES)", device, n);
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaFree(0)); /* create the context now, not inside a timed region */
+    return 0;
+}
+
+extern "C" void cuda_device_describe(char *buf, size_t len) {
+    int dev = 0;
+    cudaDeviceProp p;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+    snprintf(buf, len, "%s, %d SMs, %.1f GiB, compute %d.%d", p.name, p.multiProcessorCount,
+             (double)p.totalGlobalMem / GiB, p.major, p.minor);
+}
+
+extern "C" int cuda_malloc_try(void **out, size_t bytes, const char *what, ra_error *err) {
+    *out = NULL;
+    if (bytes == 0) bytes = 1; /* distinct, freeable pointers even for empty buffers */
+    cudaError_t e = cudaMalloc(out, bytes);
+    if (e == cudaSuccess) return 0;
+    cudaGetLastError(); /* an allocation failure is not sticky; clear it */
+    *out = NULL;
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    if (e == cudaErrorMemoryAllocation)
+        return ra_fail(err, EX_TEMPFAIL,
+                       "GPU out of memory allocating %s (%.2f GiB; %.2f GiB free of %.2f GiB): "
+                       "try a smaller --batch (or a shorter --seq-len)",
+                       what ? what : "a buffer", (double)bytes / GiB, (double)fr / GiB, (double)tot / GiB);
+    return ra_fail(err, EX_SOFTWARE, "cudaMalloc of %s (%zu bytes): %s", what ? what : "a buffer", bytes,
+                   cudaGetErrorString(e));
+}
+
+extern "C" void *cuda_malloc(size_t bytes) {
+    void *p;
+    ra_error err = {0, ""};
+    if (cuda_malloc_try(&p, bytes, NULL, &err)) ra_die_error(&err);
+    return p;
+}
+
+extern "C" void cuda_free(void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+extern "C" void cuda_memset(void *p, int byte, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, byte, bytes, ra_cuda_stream));
+}
+
+extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ra_cuda_stream));
+    /* src is pageable host memory the caller may free or reuse right away */
+    CUDA_CHECK(cudaStreamSynchronize(ra_cuda_stream));
+}
+
+extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ra_cuda_stream));
+    CUDA_CHECK(cudaStreamSynchronize(ra_cuda_stream));
+}
+
+extern "C" void cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ra_cuda_stream));
+}
+
+/* Convert in chunks so a multi-GB tensor does not need a second full copy. */
+#define CONVERT_CHUNK ((size_t)1 << 22)
+
+extern "C" void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n) {
+    uint16_t *tmp = (uint16_t *)xmalloc((n < CONVERT_CHUNK ? n : CONVERT_CHUNK) * sizeof(uint16_t) + 1);
+    for (size_t off = 0; off < n; off += CONVERT_CHUNK) {
+        size_t m = n - off < CONVERT_CHUNK ? n - off : CONVERT_CHUNK;
+        for (size_t i = 0; i < m; i++) tmp[i] = ra_f32_to_bf16(src[off + i]);
+        cuda_upload(dst + off, tmp, m * sizeof(uint16_t));
+    }
+    free(tmp);
+}
+
+extern "C" void cuda_download_bf16(float *dst, const uint16_t *src, size_t n) {
+    uint16_t *tmp = (uint16_t *)xmalloc((n < CONVERT_CHUNK ? n : CONVERT_CHUNK) * sizeof(uint16_t) + 1);
+    for (size_t off = 0; off < n; off += CONVERT_CHUNK) {
+        size_t m = n - off < CONVERT_CHUNK ? n - off : CONVERT_CHUNK;
+        cuda_download(tmp, src + off, m * sizeof(uint16_t));
+        for (size_t i = 0; i < m; i++) dst[off + i] = ra_bf16_to_f32(tmp[i]);
+    }
+    free(tmp);
+}
+
+__global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+extern "C" void cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    if (n <= 0) return;
+    bf16_to_f32_kernel<<<ra_grid_for(n, 256), 256, 0, ra_cuda_stream>>>(dst, (const bf16 *)src, n);
+    CUDA_CHECK_LAST();
+}
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__global__ void fill_uniform_kernel(bf16 *x, int64_t n, float scale, uint64_t seed) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t r = splitmix64(seed * 0x100000001B3ull + (uint64_t)i);
+        float u = (float)(r >> 40) * (1.0f / 8388608.0f) - 1.0f; /* [-1, 1) */
+        x[i] = __float2bfloat16(u * scale);
+    }
+}
+
+extern "C" void cuda_fill_uniform_bf16(uint16_t *x, int64_t n, float scale, uint64_t seed) {
+    if (n <= 0) return;
+    fill_uniform_kernel<<<ra_grid_for(n, 256), 256, 0, ra_cuda_stream>>>((bf16 *)x, n, scale, seed);
+    CUDA_CHECK_LAST();
+}
+
+extern "C" void cuda_set_stream(void *stream) { ra_cuda_stream = (cudaStream_t)stream; }
+extern "C" void *cuda_get_stream(void) { return (void *)ra_cuda_stream; }
+
+extern "C" void cuda_synchronize(void) {
+    CUDA_CHECK(cudaStreamSynchronize(ra_cuda_stream));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    size_t f = 0, t = 0;
+    CUDA_CHECK(cudaMemGetInfo(&f, &t));
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
+}
