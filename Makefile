@@ -21,6 +21,12 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -MMD -MP \
             -Ilib -Ikernels -I/usr/include/x86_64-linux-gnu/openblas-pthread \
             -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=$(CUDA)
 BASE_LDLIBS := -lmsgpackc -lxxhash -ljansson -lopenblas -lpcre2-8 -lm -lpthread
+# ICU (optional): the NFC normalizer of Qwen2 tokenizers; without it NFC is refused.
+ICU      ?= $(shell pkg-config --exists icu-uc 2>/dev/null && echo 1 || echo 0)
+CFLAGS   += -DRA_HAVE_ICU=$(ICU)
+ifeq ($(ICU),1)
+BASE_LDLIBS += -licuuc
+endif
 LDLIBS   := $(BASE_LDLIBS)
 LDFLAGS  += -fopenmp
 ifneq ($(DEPS_PREFIX),)
@@ -96,7 +102,7 @@ bats: all
 
 # libFuzzer targets: clang with -fsanitize=fuzzer,address,undefined over the library sources.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-               -Ilib -I/usr/include/x86_64-linux-gnu/openblas-pthread -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=0 -fopenmp
+               -Ilib -I/usr/include/x86_64-linux-gnu/openblas-pthread -DRA_VERSION='"$(VERSION)"' -DRA_HAVE_CUDA=0 -DRA_HAVE_ICU=$(ICU) -fopenmp
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
 	@mkdir -p $(@D)
@@ -126,7 +132,7 @@ install: all
 	for m in $(MAN); do install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$${m##*.}/; done
 
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev pkg-config libmsgpack-dev libxxhash-dev \
-                libjansson-dev libopenblas-dev libpcre2-dev parallel bats bats-assert bats-support \
+                libjansson-dev libopenblas-dev libpcre2-dev libicu-dev parallel bats bats-assert bats-support \
                 bats-file wamerican gnuplot-nox
 deps:
 	apt-get update

@@ -115,6 +115,18 @@ void dm2_forward(float *out, float *final_state, dm2_acts *s, const dm2_params *
 void dm2_backward(dm2_params *g, float *du, const float *dout, dm2_acts *s, const dm2_params *p, const float *u,
                   const uint8_t *starts);
 
+/* Stage 1 (DESIGN §2.5, matrix orientation): the mixing matrix of every SSM
+ * head for input u, Tm [B,Hs,T,T] with T[l,s] = (C_l·B_s)·exp(Σ_{k=s+1..l} a_k)
+ * (s ≤ l, same document) + D on the diagonal, so that y = T x per head, x
+ * being the conv output.  Saves in s what dm2_matrix_backward needs (s->x
+ * is not computed). */
+void dm2_matrix_forward(float *Tm, dm2_acts *s, const dm2_params *p, const float *u, const uint8_t *starts);
+/* Given dTm (entries above the diagonal ignored), accumulates into g and du
+ * (optional).  T depends only on the B, C and A_log rows of in_proj, the B
+ * and C conv channels and D: the other parameters get no contribution. */
+void dm2_matrix_backward(dm2_params *g, float *du, const float *dTm, dm2_acts *s, const dm2_params *p,
+                         const float *u, const uint8_t *starts);
+
 /* Depthwise causal conv over C channels of rows with strides (elements
  * between consecutive tokens): w [C,4], bias [C].  Backward overwrites din and
  * accumulates dw, dbias. */

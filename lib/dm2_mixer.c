@@ -147,6 +147,41 @@ void dm2_forward(float *out, float *final_state, dm2_acts *s, const dm2_params *
         memcpy(out, s->yg, sizeof(float) * BT * L.inner);
 }
 
+/* From s->dx (when with_x), s->dBm, s->dCm, s->da and the z columns of
+ * s->dproj (already written) back through the decay, the conv and in_proj.
+ * Without x the x columns of dproj are zero. */
+static void backward_to_input(dm2_params *g, float *du, dm2_acts *s, const dm2_params *p, const float *u,
+                              const uint8_t *starts, int with_x) {
+    const dm2_config *c = &s->cfg;
+    const proj_layout L = layout_of(c);
+    const int64_t BT = (int64_t)s->B * s->T;
+    const int D = c->d_model;
+
+    /* a = −softplus(A_log) */
+    for (int64_t r = 0; r < BT; r++)
+        ssd_decay_backward(s->dproj + r * L.in_dim + L.off_A, s->da + r * L.H, s->proj + r * L.in_dim + L.off_A, L.H);
+
+    /* conv of x, B, C */
+    if (with_x)
+        dm2_conv_backward(s->dproj, L.in_dim, g->conv_w, g->conv_b, s->dx, L.inner, s->proj, L.in_dim, p->conv_w,
+                          starts, s->B, s->T, L.inner);
+    else
+        for (int64_t r = 0; r < BT; r++) memset(s->dproj + r * L.in_dim, 0, sizeof(float) * L.inner);
+    dm2_conv_backward(s->dproj + L.off_B, L.in_dim, g->conv_w + (int64_t)L.off_B * DM2_CONV_K, g->conv_b + L.off_B,
+                      s->dBm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (int64_t)L.off_B * DM2_CONV_K, starts,
+                      s->B, s->T, L.gn);
+    dm2_conv_backward(s->dproj + L.off_C, L.in_dim, g->conv_w + (int64_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
+                      s->dCm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (int64_t)L.off_C * DM2_CONV_K, starts,
+                      s->B, s->T, L.gn);
+
+    /* in_proj */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L.in_dim, D, (int)BT, 1.0f, s->dproj, L.in_dim, u, D, 1.0f,
+                g->in_proj_w, D);
+    if (du)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)BT, D, L.in_dim, 1.0f, s->dproj, L.in_dim,
+                    p->in_proj_w, D, 1.0f, du, D);
+}
+
 void dm2_backward(dm2_params *g, float *du, const float *dout, dm2_acts *s, const dm2_params *p, const float *u,
                   const uint8_t *starts) {
     const dm2_config *c = &s->cfg;
@@ -190,24 +225,33 @@ void dm2_backward(dm2_params *g, float *du, const float *dout, dm2_acts *s, cons
     for (int h = 0; h < L.H; h++) g->D[h] += dD[h];
     free(dD);
 
-    /* a = −softplus(A_log) */
-    for (int64_t r = 0; r < BT; r++)
-        ssd_decay_backward(s->dproj + r * L.in_dim + L.off_A, s->da + r * L.H, s->proj + r * L.in_dim + L.off_A, L.H);
+    backward_to_input(g, du, s, p, u, starts, 1);
+}
 
-    /* conv of x, B, C */
-    dm2_conv_backward(s->dproj, L.in_dim, g->conv_w, g->conv_b, s->dx, L.inner, s->proj, L.in_dim, p->conv_w, starts,
-                      s->B, s->T, L.inner);
-    dm2_conv_backward(s->dproj + L.off_B, L.in_dim, g->conv_w + (int64_t)L.off_B * DM2_CONV_K, g->conv_b + L.off_B,
-                      s->dBm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (int64_t)L.off_B * DM2_CONV_K, starts,
-                      s->B, s->T, L.gn);
-    dm2_conv_backward(s->dproj + L.off_C, L.in_dim, g->conv_w + (int64_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
-                      s->dCm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (int64_t)L.off_C * DM2_CONV_K, starts,
-                      s->B, s->T, L.gn);
+void dm2_matrix_forward(float *Tm, dm2_acts *s, const dm2_params *p, const float *u, const uint8_t *starts) {
+    const dm2_config *c = &s->cfg;
+    const proj_layout L = layout_of(c);
+    const int64_t BT = (int64_t)s->B * s->T;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)BT, L.in_dim, c->d_model, 1.0f, u, c->d_model,
+                p->in_proj_w, c->d_model, 0.0f, s->proj, L.in_dim);
+    dm2_conv_forward(s->Bm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (int64_t)L.off_B * DM2_CONV_K,
+                     p->conv_b + L.off_B, starts, s->B, s->T, L.gn);
+    dm2_conv_forward(s->Cm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (int64_t)L.off_C * DM2_CONV_K,
+                     p->conv_b + L.off_C, starts, s->B, s->T, L.gn);
+    for (int64_t r = 0; r < BT; r++) ssd_decay_forward(s->a + r * L.H, s->proj + r * L.in_dim + L.off_A, L.H);
+    ssd_dims d = dm2_ssd_dims(c, s->B, s->T);
+    ssd_matrix_forward(Tm, s->Bm, s->Cm, s->a, p->D, starts, &d);
+}
 
-    /* in_proj */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L.in_dim, D, (int)BT, 1.0f, s->dproj, L.in_dim, u, D, 1.0f,
-                g->in_proj_w, D);
-    if (du)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)BT, D, L.in_dim, 1.0f, s->dproj, L.in_dim,
-                    p->in_proj_w, D, 1.0f, du, D);
+void dm2_matrix_backward(dm2_params *g, float *du, const float *dTm, dm2_acts *s, const dm2_params *p,
+                         const float *u, const uint8_t *starts) {
+    const proj_layout L = layout_of(&s->cfg);
+    const int64_t BT = (int64_t)s->B * s->T;
+    ssd_dims d = dm2_ssd_dims(&s->cfg, s->B, s->T);
+    float *dD = xmalloc(sizeof(float) * L.H);
+    ssd_matrix_backward(s->dBm, s->dCm, s->da, dD, dTm, s->Bm, s->Cm, s->a, starts, &d);
+    for (int h = 0; h < L.H; h++) g->D[h] += dD[h];
+    free(dD);
+    for (int64_t r = 0; r < BT; r++) memset(s->dproj + r * L.in_dim + L.off_z, 0, sizeof(float) * L.inner);
+    backward_to_input(g, du, s, p, u, starts, 0);
 }

@@ -112,7 +112,19 @@ static void chunk_decays(const chunk_view *v, chunk_work *k) {
         for (int n = 0; n < v->N; n++) k->WB[(int64_t)s * v->N + n] = k->w[s] * v->B[(int64_t)s * v->ldbc + n];
 }
 
-/* Steps 2–3: S ← γ S + Xᵀ diag(w) B (needs chunk_decays first). */
+/* Only what steps 2–3 need (w, γ = dec[Q−1], WB): O(Q) exps instead of the
+ * Q² of the full mask, for the backward's recomputation of entry states. */
+static void chunk_end_decays(const chunk_view *v, chunk_work *k) {
+    int Q = v->Q, last;
+    ssd_segsum(k->cum, k->first, v->a, v->lda, v->starts, Q);
+    last = k->first[Q - 1];
+    for (int s = 0; s < Q; s++) k->w[s] = s >= last ? expf((float)(k->cum[Q - 1] - k->cum[s])) : 0.0f;
+    k->dec[Q - 1] = last < 0 ? expf((float)k->cum[Q - 1]) : 0.0f;
+    for (int s = 0; s < Q; s++)
+        for (int n = 0; n < v->N; n++) k->WB[(int64_t)s * v->N + n] = k->w[s] * v->B[(int64_t)s * v->ldbc + n];
+}
+
+/* Steps 2–3: S ← γ S + Xᵀ diag(w) B (needs chunk_decays or chunk_end_decays first). */
 static void chunk_state_update(const chunk_view *v, chunk_work *k, float *S) {
     float gamma = k->dec[v->Q - 1];
     if (gamma == 0) memset(S, 0, sizeof(float) * (size_t)v->P * v->N); /* sgemm ignores C when beta = 0 */
@@ -146,6 +158,7 @@ void ssd_chunked_forward(float *y, float *final_state, const float *x, const flo
                          const ssd_dims *d, int chunk) {
     const int Qmax = clamp_chunk(chunk, d->T);
     const int64_t PN = (int64_t)d->P * d->N;
+    int blas_threads = ssd_blas_serial_begin();
 #pragma omp parallel
     {
         chunk_work k;
@@ -168,6 +181,7 @@ void ssd_chunked_forward(float *y, float *final_state, const float *x, const flo
         free(S);
         chunk_work_free(&k);
     }
+    ssd_blas_serial_end(blas_threads);
 }
 
 /* Backward through one chunk.  dS: on entry the gradient reaching the
@@ -250,6 +264,7 @@ void ssd_chunked_backward(float *dx, float *dBm, float *dCm, float *da, float *d
     const int nchunks = (d->T + Qmax - 1) / Qmax;
     const int64_t PN = (int64_t)d->P * d->N;
     double *dD_part = xcalloc((size_t)d->B * d->H, sizeof(double));
+    int blas_threads = ssd_blas_serial_begin();
 #pragma omp parallel
     {
         chunk_work k;
@@ -276,7 +291,7 @@ void ssd_chunked_backward(float *dx, float *dBm, float *dCm, float *da, float *d
                     int t0 = c * Qmax, Q = d->T - t0 < Qmax ? d->T - t0 : Qmax;
                     chunk_view v = chunk_at(d, b, h, t0, Q, x, Bm, Cm, a, D, starts);
                     memcpy(states + (c + 1) * PN, states + c * PN, sizeof(float) * PN);
-                    chunk_decays(&v, &k);
+                    chunk_end_decays(&v, &k);
                     chunk_state_update(&v, &k, states + (c + 1) * PN);
                 }
                 /* sweep back */
@@ -298,6 +313,7 @@ void ssd_chunked_backward(float *dx, float *dBm, float *dCm, float *da, float *d
         free(dS);
         chunk_work_free(&k);
     }
+    ssd_blas_serial_end(blas_threads);
     if (dD)
         for (int h = 0; h < d->H; h++) {
             double s = 0;

@@ -1,5 +1,6 @@
 /* SSD helpers shared by the three paths: dimension checks, the decay
  * a = −softplus(A_log), and the segment sums behind every decay mask. */
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -69,4 +70,14 @@ void ssd_segsum_backward(float *da, int da_stride, const float *dseg, int ld, co
         }
     }
     for (int i = 0; i < Q; i++) da[(int64_t)i * da_stride] = (float)work[i];
+}
+
+int ssd_blas_serial_begin(void) {
+    int previous = openblas_get_num_threads();
+    if (previous != 1) openblas_set_num_threads(1);
+    return previous;
+}
+
+void ssd_blas_serial_end(int previous) {
+    if (previous != 1) openblas_set_num_threads(previous);
 }

@@ -28,4 +28,10 @@ void ssd_decay_in(float *dec_in, const double *cum, const int *first, int Q);
 void ssd_segsum_backward(float *da, int da_stride, const float *dseg, int ld, const float *dseg_in, int Q,
                          double *work /* Q */);
 
+/* OpenBLAS's own worker threads fight with ours when sgemm is called from
+ * inside an OpenMP loop (measured 25x slower on 2 cores), so the SSD loops
+ * run BLAS single-threaded and restore the caller's setting afterwards. */
+int ssd_blas_serial_begin(void); /* returns the previous thread count */
+void ssd_blas_serial_end(int previous);
+
 #endif

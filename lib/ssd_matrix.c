@@ -19,6 +19,7 @@
 void ssd_matrix_forward(float *Tm, const float *Bm, const float *Cm, const float *a, const float *D,
                         const uint8_t *starts, const ssd_dims *d) {
     const int T = d->T, N = d->N, ldbc = d->G * d->N, hpg = d->H / d->G;
+    int blas_threads = ssd_blas_serial_begin();
 #pragma omp parallel
     {
         double *cum = xmalloc(sizeof(double) * T);
@@ -41,12 +42,14 @@ void ssd_matrix_forward(float *Tm, const float *Bm, const float *Cm, const float
         free(first);
         free(L);
     }
+    ssd_blas_serial_end(blas_threads);
 }
 
 void ssd_matrix_backward(float *dBm, float *dCm, float *da, float *dD, const float *dTm, const float *Bm,
                          const float *Cm, const float *a, const uint8_t *starts, const ssd_dims *d) {
     const int T = d->T, N = d->N, ldbc = d->G * d->N, hpg = d->H / d->G;
     double *dD_part = xcalloc((size_t)d->B * d->H, sizeof(double));
+    int blas_threads = ssd_blas_serial_begin();
 #pragma omp parallel
     {
         double *cum = xmalloc(sizeof(double) * T), *work = xmalloc(sizeof(double) * T);
@@ -92,6 +95,7 @@ void ssd_matrix_backward(float *dBm, float *dCm, float *da, float *dD, const flo
         }
         free(cum), free(work), free(first), free(L), free(G), free(dG);
     }
+    ssd_blas_serial_end(blas_threads);
     if (dD)
         for (int h = 0; h < d->H; h++) {
             double s = 0;
@@ -103,6 +107,7 @@ void ssd_matrix_backward(float *dBm, float *dCm, float *da, float *dD, const flo
 
 void ssd_matrix_apply(float *y, const float *Tm, const float *x, const ssd_dims *d) {
     const int T = d->T, P = d->P, ldx = d->H * d->P;
+    int blas_threads = ssd_blas_serial_begin();
 #pragma omp parallel for schedule(dynamic)
     for (int bh = 0; bh < d->B * d->H; bh++) {
         int b = bh / d->H, h = bh % d->H;
@@ -111,4 +116,5 @@ void ssd_matrix_apply(float *y, const float *Tm, const float *x, const ssd_dims 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, P, T, 1.0f, Tm + (int64_t)bh * T * T, T, x0, ldx,
                     0.0f, y0, ldx);
     }
+    ssd_blas_serial_end(blas_threads);
 }

@@ -14,6 +14,62 @@ typedef struct ref_params {
 static double softplus_d(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
 static double sigmoid_d(double x) { return 1 / (1 + exp(-x)); }
 
+/* One batch row: proj [T,in_dim] = u Wᵀ and xbc [T,conv] = the causal conv
+ * of its first conv columns, taps limited to the current document. */
+static void ref_project(double *proj, double *xbc, const dm2_config *c, const ref_params *p, const double *u,
+                        const uint8_t *starts, int T) {
+    const int D = c->d_model, conv = dm2_conv_dim(c), in_dim = dm2_in_proj_dim(c);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < in_dim; j++) {
+            double acc = 0;
+            for (int k = 0; k < D; k++) acc += u[(int64_t)t * D + k] * p->W[(int64_t)j * D + k];
+            proj[t * in_dim + j] = acc;
+        }
+    int doc = 0;
+    for (int t = 0; t < T; t++) {
+        if (starts && starts[t]) doc = t;
+        for (int ch = 0; ch < conv; ch++) {
+            double acc = p->cb[ch];
+            for (int j = 0; j < 4; j++) {
+                int src = t - 3 + j;
+                if (src >= doc) acc += p->cw[ch * 4 + j] * proj[src * in_dim + ch];
+            }
+            xbc[t * conv + ch] = acc;
+        }
+    }
+}
+
+/* Tm [B,H,T,T] of the mixer from the definition:
+ * (C_l·B_s)·Π_{k=s+1..l} exp(a_k) within a document, + D on the diagonal. */
+static void ref_mixer_matrix(double *Tm, const dm2_config *c, const ref_params *p, const double *u,
+                             const uint8_t *starts, int B, int T) {
+    const int H = c->n_heads, N = c->d_state, G = c->n_groups, inner = dm2_d_inner(c), gn = G * N;
+    const int conv = dm2_conv_dim(c), in_dim = dm2_in_proj_dim(c);
+    double *proj = malloc(sizeof(double) * T * in_dim), *xbc = malloc(sizeof(double) * T * conv);
+    for (int b = 0; b < B; b++) {
+        ref_project(proj, xbc, c, p, u + (int64_t)b * T * c->d_model, starts ? starts + b * T : NULL, T);
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / G);
+            double *Th = Tm + ((int64_t)b * H + h) * T * T;
+            for (int l = 0; l < T; l++) {
+                for (int s = 0; s < T; s++) Th[(int64_t)l * T + s] = 0;
+                double decay = 1;
+                for (int s = l; s >= 0; s--) {
+                    if (s < l) {
+                        if (starts && starts[b * T + s + 1]) break;
+                        decay *= exp(-softplus_d(proj[(s + 1) * in_dim + conv + inner + h]));
+                    }
+                    double cb = 0;
+                    for (int n = 0; n < N; n++)
+                        cb += xbc[l * conv + inner + gn + g * N + n] * xbc[s * conv + inner + g * N + n];
+                    Th[(int64_t)l * T + s] = cb * decay + (s == l ? p->D[h] : 0);
+                }
+            }
+        }
+    }
+    free(proj), free(xbc);
+}
+
 /* out [B,T,out_dim] from the definition, token by token. */
 static void ref_mixer(double *out, const dm2_config *c, const ref_params *p, const double *u, const uint8_t *starts,
                       int B, int T) {
@@ -22,24 +78,7 @@ static void ref_mixer(double *out, const dm2_config *c, const ref_params *p, con
     double *proj = malloc(sizeof(double) * T * in_dim), *xbc = malloc(sizeof(double) * T * conv);
     double *S = malloc(sizeof(double) * H * P * N), *yg = malloc(sizeof(double) * inner);
     for (int b = 0; b < B; b++) {
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < in_dim; j++) {
-                double acc = 0;
-                for (int k = 0; k < D; k++) acc += u[((int64_t)b * T + t) * D + k] * p->W[(int64_t)j * D + k];
-                proj[t * in_dim + j] = acc;
-            }
-        int doc = 0;
-        for (int t = 0; t < T; t++) {
-            if (starts && starts[b * T + t]) doc = t;
-            for (int ch = 0; ch < conv; ch++) {
-                double acc = p->cb[ch];
-                for (int j = 0; j < 4; j++) {
-                    int src = t - 3 + j;
-                    if (src >= doc) acc += p->cw[ch * 4 + j] * proj[src * in_dim + ch];
-                }
-                xbc[t * conv + ch] = acc;
-            }
-        }
+        ref_project(proj, xbc, c, p, u + (int64_t)b * T * D, starts ? starts + b * T : NULL, T);
         for (int i = 0; i < H * P * N; i++) S[i] = 0;
         for (int t = 0; t < T; t++) {
             if (starts && starts[b * T + t])
@@ -291,6 +330,88 @@ TEST(backward_accumulates) {
     free_mixer(&m);
 }
 
+/* ---------- stage 1: the mixing matrix of the mixer ---------- */
+
+static double ref_matrix_loss(const mixer_prob *m, const double *R) {
+    const dm2_config *c = &m->cfg;
+    int64_t nt = (int64_t)m->B * c->n_heads * m->T * m->T;
+    double *Tm = malloc(sizeof(double) * nt), l = 0;
+    ref_mixer_matrix(Tm, c, &m->r, m->ud, m->starts, m->B, m->T);
+    for (int64_t i = 0; i < nt; i++) l += Tm[i] * R[i];
+    free(Tm);
+    return l;
+}
+
+static double fd_matrix(mixer_prob *m, const double *R, double *v, int64_t n, const float *g, double scale) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double keep = v[i], h = 1e-5;
+        v[i] = keep + h;
+        double lp = ref_matrix_loss(m, R);
+        v[i] = keep - h;
+        double lm = ref_matrix_loss(m, R);
+        v[i] = keep;
+        double e = fabs((lp - lm) / (2 * h) - g[i]) / scale;
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
+}
+
+static double max_abs(const float *g, int64_t n) {
+    double m = 1e-30;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(g[i]));
+    return m;
+}
+
+TEST(matrix_forward_and_gradients) {
+    for (int variant = 0; variant < 2; variant++) {
+        dm2_config cfg = {.d_model = 5, .n_heads = 4, .head_dim = 2, .d_state = 3, .n_groups = variant ? 1 : 2,
+                          .chunk = 0, .has_out_proj = variant};
+        const int B = 2, T = 11, H = 4;
+        mixer_prob m = make_mixer(cfg, B, T, 0.2, 120 + variant);
+        const int D = cfg.d_model, inner = dm2_d_inner(&cfg), conv = dm2_conv_dim(&cfg), in_dim = dm2_in_proj_dim(&cfg);
+        int64_t nt = (int64_t)B * H * T * T;
+        double *want = malloc(sizeof(double) * nt), *Rd = malloc(sizeof(double) * nt);
+        float *Tm = malloc(sizeof(float) * nt), *R = malloc(sizeof(float) * nt);
+        ref_mixer_matrix(want, &cfg, &m.r, m.ud, m.starts, B, T);
+        dm2_acts *s = dm2_alloc_state(B, T, &cfg, NULL);
+        dm2_matrix_forward(Tm, s, &m.p, m.u, m.starts);
+        double ef = rel_err(Tm, want, nt);
+        seen(ef);
+        EXPECT_MSG(ef <= 1e-5, "matrix forward rel err %.3g", ef);
+
+        test_fill(R, nt, 1);
+        for (int64_t i = 0; i < nt; i++) Rd[i] = R[i];
+        dm2_params g;
+        dm2_params_alloc(&g, &cfg);
+        float *du = calloc((size_t)B * T * D, sizeof(float));
+        dm2_matrix_backward(&g, du, R, s, &m.p, m.u, m.starts);
+        /* relative to the largest gradient of the whole parameter set, so
+         * that parameters T does not depend on must come out ~0 */
+        double scale = max_abs(g.memory, dm2_param_count(&cfg));
+        double e[6] = {
+            fd_matrix(&m, Rd, m.r.W, (int64_t)in_dim * D, g.in_proj_w, scale),
+            fd_matrix(&m, Rd, m.r.cw, (int64_t)conv * 4, g.conv_w, scale),
+            fd_matrix(&m, Rd, m.r.cb, conv, g.conv_b, scale),
+            fd_matrix(&m, Rd, m.r.D, H, g.D, scale),
+            fd_matrix(&m, Rd, m.ud, (int64_t)B * T * D, du, max_abs(du, (int64_t)B * T * D)),
+            0,
+        };
+        for (int i = 0; i < inner; i++) e[5] = fmax(e[5], fabs(g.z_bias[i]));
+        if (cfg.has_out_proj)
+            for (int i = 0; i < D * inner; i++) e[5] = fmax(e[5], fabs(g.out_proj_w[i]));
+        for (int k = 0; k < 5; k++) seen(e[k]);
+        EXPECT_MSG(e[0] <= 5e-5 && e[1] <= 5e-5 && e[2] <= 5e-5 && e[3] <= 5e-5 && e[4] <= 5e-5 && e[5] == 0,
+                   "variant %d: fd rel err in_proj %.2g conv_w %.2g conv_b %.2g D %.2g input %.2g; "
+                   "z_bias/out_proj grads %.2g (want 0)",
+                   variant, e[0], e[1], e[2], e[3], e[4], e[5]);
+        dm2_params_free(&g);
+        dm2_free_state(s);
+        free(want), free(Rd), free(Tm), free(R), free(du);
+        free_mixer(&m);
+    }
+}
+
 /* ---------- decode ---------- */
 
 /* Token-by-token steps (resetting where a document starts) reproduce the
@@ -470,6 +591,8 @@ int main(void) {
     RUN(gradients_match_finite_differences);
     report("mixer gradients vs finite differences");
     RUN(backward_accumulates);
+    RUN(matrix_forward_and_gradients);
+    report("stage-1 matrix forward and gradients");
     RUN(decode_reproduces_forward);
     report("decode vs forward");
     RUN(prefill_conv_state_layout);

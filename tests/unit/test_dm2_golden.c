@@ -4,9 +4,10 @@
  * names and layouts are documented in that script.
  *
  * For each case: forward with the chunked SSD at chunk 128 (one chunk), 16
- * and 7 (several, the last one partial) — out, final state, decay a, and the
- * materialised mixing matrix; backward — the gradient of every parameter and
- * of the input; token-by-token decode — out and final state.
+ * and 7 (several, the last one partial) — out, final state, decay a;
+ * backward — the gradient of every parameter and of the input; the
+ * materialised mixing matrix (dm2_matrix_forward, stage 1); token-by-token
+ * decode — out and final state.
  *
  * While tests/fixtures/dm2/ does not exist the case is a TAP skip; if it
  * exists, any missing, malformed or mismatching file fails. */
@@ -156,10 +157,6 @@ static void check_case(const char *path) {
             compare(path, "out", cfg.chunk, out, out_ref, B * T * od, 1e-5, &worst_fwd);
             compare(path, "final_state", cfg.chunk, state, state_ref, B * H * P * N, 1e-5, &worst_fwd);
             compare(path, "a", cfg.chunk, s->a, a_ref, B * T * H, 1e-6, &worst_fwd);
-            ssd_dims d = dm2_ssd_dims(&cfg, (int)B, (int)T);
-            ssd_matrix_forward(Tm, s->Bm, s->Cm, s->a, p.D, starts, &d);
-            compare(path, "mixing_matrix", cfg.chunk, Tm, mat_ref, B * H * T * T, 1e-5, &worst_fwd);
-
             dm2_params gr;
             dm2_params_alloc(&gr, &cfg);
             memset(du, 0, sizeof(float) * B * T * D);
@@ -174,6 +171,9 @@ static void check_case(const char *path) {
                 compare(path, "grad.out_proj.weight", cfg.chunk, gr.out_proj_w, gout_ref, D * inner, 5e-5,
                         &worst_grad);
             dm2_params_free(&gr);
+            /* stage 1: the mixing matrix through the mixer's own entry point */
+            dm2_matrix_forward(Tm, s, &p, u, starts);
+            compare(path, "mixing_matrix", cfg.chunk, Tm, mat_ref, B * H * T * T, 1e-5, &worst_fwd);
             dm2_free_state(s);
         }
         /* decode, one token at a time */
