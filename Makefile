@@ -55,7 +55,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
 .PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins bench-bins install deps clean
-all: lib/libra.a $(TOOLS) $(UNIT)
+all: lib/libra.a $(TOOLS) $(UNIT) build/tests/mk-hf
 
 lib/libra.a: $(LIB_OBJ)
 	@rm -f $@
@@ -75,6 +75,11 @@ bin/ra-%: bin/ra-%.c lib/libra.a
 build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test helper: tiny random Hugging Face checkpoints (used by the bats suites).
+build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
 build/tests/test_flash_sim: tests/unit/test_flash_sim.cpp kernels/flash_attention.cuh
 	@mkdir -p $(@D)
@@ -133,7 +138,7 @@ install: all
 
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev pkg-config libmsgpack-dev libxxhash-dev \
                 libjansson-dev libopenblas-dev libpcre2-dev libicu-dev parallel bats bats-assert bats-support \
-                bats-file wamerican gnuplot-nox
+                bats-file wamerican gnuplot-nox jq
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)

@@ -17,7 +17,9 @@ typedef struct st_tensor {
     int ndim;
     int64_t shape[RA_MAX_DIMS];
     uint64_t nbytes;
-    const void *data; /* points into the mmap of its file */
+    const void *data; /* points into the mmap of its file; NOT aligned in general
+                         (safetensors offsets need not be), so read it with
+                         memcpy or ra_convert_to_f32, never through a cast */
     int file;         /* index into st_set.files */
 } st_tensor;
 
