@@ -95,6 +95,12 @@ build/tests/ra-mkstream: tests/helpers/ra-mkstream.c lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
+# Test-only helpers of the ra-rank / ra-probe suites: write scores, print plans.
+all: build/tests/mk-scores build/tests/plan-info
+build/tests/mk-scores build/tests/plan-info: build/tests/%: tests/helpers/%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
 # The unit tests, the bats suites and (with clang) a short fuzz run; one summary line.
 test: all
 	@tests/run.sh $(UNIT)
