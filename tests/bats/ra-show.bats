@@ -69,6 +69,14 @@ write_st() { # FILE HEADER DATA_PRINTF
     [ ! -e "$T/x.ra" ]
 }
 
+@test "a write error on stdout exits 74" {
+    "$MKHF" "$T/m"
+    status=0
+    ra-show "$T/m" >/dev/full 2>"$T/err" || status=$?
+    [ "$status" -eq 74 ]
+    grep -q "stdout" "$T/err"
+}
+
 @test "a missing input exits 66 naming it" {
     run ra-show "$T/nowhere"
     assert_failure 66
@@ -300,6 +308,9 @@ null' ]
     run ra-show --verify "$T/m.ra"
     assert_success
     assert_output "$T/m.ra: ok, content id $id"
+    run ra-show - <"$T/m.ra"
+    assert_success
+    assert_line "content id   $id"
     run ra-show "$T/m.ra"
     assert_success
     assert_line "kind         model"
