@@ -54,7 +54,7 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
-.PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins install deps clean
+.PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins bench-bins install deps clean
 all: lib/libra.a $(TOOLS) $(UNIT) build/tests/mk-hf
 
 lib/libra.a: $(LIB_OBJ)
@@ -75,6 +75,13 @@ bin/ra-%: bin/ra-%.c lib/libra.a
 build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test-only helpers for the bats suites (tests/helpers/ra-*.c), not installed.
+HELPERS  := $(patsubst tests/helpers/%.c,build/tests/%,$(wildcard tests/helpers/ra-*.c))
+all: $(HELPERS)
+build/tests/ra-%: tests/helpers/ra-%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
 # Test helper: tiny random Hugging Face checkpoints (used by the bats suites).
 build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
@@ -125,6 +132,13 @@ fuzz-smoke: fuzz-build
 
 # Build the GPU test binaries without running them (for a build-then-run GPU job).
 test-gpu-bins: all $(GPU_TESTS)
+
+# Benchmarks (bench/*.c; CUDA builds only): make bench-bins, then bench/run_forward.sh.
+BENCH := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
+build/bench/%: bench/%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+bench-bins: $(BENCH)
 
 test-gpu: test-gpu-bins
 	@RA_SKIP_BATS=1 RA_SKIP_FUZZ=1 tests/run.sh $(GPU_TESTS)

@@ -32,7 +32,7 @@ static const char *USAGE =
     "                  included for tensors of at most 1,000,000 elements\n"
     "  --values        with --json: include the values of every tensor\n"
     "  --verify        check the stream's digest: exit 0 if it holds, 65 otherwise\n"
-    "  --id            print the content id only\n"
+    "  --id            print the content id only (ra stream digest or checkpoint id)\n"
     "  --hf-out DIR    export a model stream as DIR/config.json + DIR/model.safetensors\n"
     "  --ra-out FILE   import a Hugging Face checkpoint as a model ra stream (- = stdout)\n"
     "  -o FILE         write the summary, JSON, id or verdict to FILE instead of stdout\n"
@@ -62,6 +62,12 @@ typedef struct output {
     int atomic;
 } output;
 
+/* An -o file still being written when the tool dies is removed at exit. */
+static output *pending_output;
+static void remove_pending_output(void) {
+    if (pending_output) ra_atomic_abort(&pending_output->af);
+}
+
 static void output_open(output *o, const char *path) {
     memset(o, 0, sizeof *o);
     ra_error err = {0};
@@ -69,6 +75,8 @@ static void output_open(output *o, const char *path) {
         if (ra_atomic_open(&o->af, path, &err)) ra_die_error(&err);
         o->f = o->af.f;
         o->atomic = 1;
+        pending_output = o;
+        atexit(remove_pending_output);
     } else {
         o->f = tmpfile();
         if (!o->f) ra_die(EX_IOERR, "cannot create a temporary file: %s", strerror(errno));
@@ -78,6 +86,7 @@ static void output_open(output *o, const char *path) {
 static void output_commit(output *o) {
     ra_error err = {0};
     if (o->atomic) {
+        pending_output = NULL;
         if (ra_atomic_commit(&o->af, &err)) ra_die_error(&err);
         return;
     }
@@ -154,13 +163,12 @@ static void put_float(FILE *f, double x, int single) {
 
 /* Values as a flat JSON array in row-major order.  data may be unaligned
  * (safetensors offsets are not aligned), so elements are copied out. */
-static void put_values(FILE *f, const void *data, ra_dtype dt, int64_t n) {
+static void put_values_part(FILE *f, const void *data, ra_dtype dt, int64_t n, int first) {
     const unsigned char *p = data;
     size_t es = ra_dtype_size(dt);
-    fputc('[', f);
     for (int64_t i = 0; i < n; i++) {
         const unsigned char *e = p + (size_t)i * es;
-        if (i) fputc(',', f);
+        if (i || !first) fputc(',', f);
         if (dt == RA_F64) {
             double d;
             memcpy(&d, e, 8);
@@ -181,21 +189,57 @@ static void put_values(FILE *f, const void *data, ra_dtype dt, int64_t n) {
             put_float(f, x, 1);
         }
     }
+}
+
+static void put_values(FILE *f, const void *data, ra_dtype dt, int64_t n) {
+    fputc('[', f);
+    put_values_part(f, data, dt, n, 1);
     fputc(']', f);
 }
 
-static void put_tensor_json(FILE *f, int first, const char *name, ra_dtype dt, int ndim, const int64_t *shape,
-                            uint64_t nbytes, const void *values) {
+/* {"name", "dtype", "shape", "bytes" — the caller closes the object, after
+ * ", \"values\": [...]" when it has them. */
+static void put_tensor_json_head(FILE *f, int first, const char *name, ra_dtype dt, int ndim, const int64_t *shape,
+                                 uint64_t nbytes) {
     fputs(first ? "\n    {\"name\": " : ",\n    {\"name\": ", f);
     put_json_string(f, name);
     fprintf(f, ", \"dtype\": \"%s\", \"shape\": ", ra_dtype_name(dt));
     put_shape(f, ndim, shape, ", ");
     fprintf(f, ", \"bytes\": %llu", (unsigned long long)nbytes);
+}
+
+static void put_tensor_json(FILE *f, int first, const char *name, ra_dtype dt, int ndim, const int64_t *shape,
+                            uint64_t nbytes, const void *values) {
+    put_tensor_json_head(f, first, name, dt, ndim, shape, nbytes);
     if (values) {
         fputs(", \"values\": ", f);
         put_values(f, values, dt, ra_shape_numel(ndim, shape));
     }
     fputc('}', f);
+}
+
+/* Tensor data is copied and printed through a bounded buffer, so no tensor
+ * has to fit in memory whole. */
+#define COPY_CHUNK_BYTES ((uint64_t)64 << 20) /* a multiple of every element size */
+
+/* The current tensor's values, read from the stream chunk by chunk. */
+static void put_stream_values(FILE *f, ra_reader *r, const ra_tensor_info *info) {
+    ra_error err = {0};
+    uint64_t cap = info->nbytes < COPY_CHUNK_BYTES ? info->nbytes : COPY_CHUNK_BYTES;
+    void *buf = xmalloc(cap ? (size_t)cap : 1);
+    size_t es = ra_dtype_size(info->dtype);
+    int first = 1;
+    int64_t got;
+    fputs(", \"values\": [", f);
+    while ((got = ra_reader_read_chunk(r, buf, cap, &err)) > 0) {
+        if ((uint64_t)got % es) ra_die(EX_SOFTWARE, "%s: chunk of %lld bytes splits an element", ra_reader_name(r),
+                                       (long long)got);
+        put_values_part(f, buf, info->dtype, got / (int64_t)es, first);
+        first = 0;
+    }
+    if (got < 0) ra_die_error(&err);
+    fputc(']', f);
+    free(buf);
 }
 
 /* One row of the text table. */
@@ -267,13 +311,9 @@ static void show_stream(const options *o) {
     ra_tensor_info info;
     while ((rc = ra_reader_next(r, &info, &err)) == 1) {
         if (json) {
-            void *buf = NULL;
-            if (want_values(o, info.numel)) {
-                buf = xmalloc(info.nbytes ? (size_t)info.nbytes : 1);
-                if (ra_reader_read(r, buf, info.nbytes, &err)) ra_die_error(&err);
-            }
-            put_tensor_json(f, n == 0, info.name, info.dtype, info.ndim, info.shape, info.nbytes, buf);
-            free(buf);
+            put_tensor_json_head(f, n == 0, info.name, info.dtype, info.ndim, info.shape, info.nbytes);
+            if (want_values(o, info.numel)) put_stream_values(f, r, &info);
+            fputc('}', f);
         } else {
             rows = xrealloc(rows, (size_t)(n + 1) * sizeof *rows);
             rows[n] = (row){xstrdup(info.name), info.dtype, info.ndim, {0}, info.nbytes};
@@ -296,6 +336,7 @@ static void show_stream(const options *o) {
         fprintf(f, "tensors      %d\n", n);
         if (n) put_table(f, rows, n);
         put_totals(f, rows, n);
+        fprintf(f, "records      %llu\n", (unsigned long long)ra_reader_record_count(r));
         fprintf(f, "content id   %s\n", id);
     }
     for (int i = 0; rows && i < n; i++) free(rows[i].name);
@@ -356,9 +397,32 @@ static const st_tensor **ordered_tensors(const st_set *s) {
 typedef struct hf_input {
     st_set *st;
     json_t *config_json; /* config.json as written, or NULL when there is none */
+    char *config_text;   /* its bytes (for the content id) */
+    size_t config_len;
     hf_config cfg;
     char *config_path;
 } hf_input;
+
+static int read_whole_file(const char *path, char **text, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *b = xmalloc(cap);
+    size_t got;
+    while ((got = fread(b + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) b = xrealloc(b, cap *= 2);
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(b);
+        return -1;
+    }
+    *text = b;
+    *len = n;
+    return 0;
+}
 
 /* Open a checkpoint and its config.json (required unless optional_config). */
 static void hf_open(const char *path, int optional_config, hf_input *in) {
@@ -370,19 +434,25 @@ static void hf_open(const char *path, int optional_config, hf_input *in) {
         if (optional_config) return;
         ra_die(EX_NOINPUT, "%s: no config.json (expected %s)", path, in->config_path);
     }
+    if (read_whole_file(in->config_path, &in->config_text, &in->config_len) != 0)
+        ra_die(errno == ENOENT ? EX_NOINPUT : EX_IOERR, "%s: %s", in->config_path, strerror(errno));
     json_error_t jerr;
-    in->config_json = json_load_file(in->config_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!in->config_json) {
-        if (access(in->config_path, R_OK) != 0) ra_die(EX_NOINPUT, "%s: %s", in->config_path, strerror(errno));
+    in->config_json = json_loadb(in->config_text, in->config_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!in->config_json)
         ra_die(EX_DATAERR, "%s: not valid JSON: %s (line %d, column %d)", in->config_path, jerr.text, jerr.line,
                jerr.column);
-    }
     if (hf_config_from_json(in->config_json, in->config_path, &in->cfg, &err)) ra_die_error(&err);
+}
+
+/* The checkpoint's content id (lib/model.h): config.json bytes + every tensor. */
+static void hf_id(const hf_input *in, char id[RA_CONTENT_ID_LEN + 1]) {
+    st_checkpoint_id(in->st, in->config_text, in->config_len, id);
 }
 
 static void hf_close(hf_input *in) {
     st_close(in->st);
     json_decref(in->config_json);
+    free(in->config_text);
     free(in->config_path);
 }
 
@@ -430,7 +500,9 @@ static void show_hf(const options *o) {
             put_tensor_json(f, i == 0, t[i]->name, t[i]->dtype, t[i]->ndim, t[i]->shape, t[i]->nbytes,
                             want_values(o, numel) ? t[i]->data : NULL);
         }
-        fputs(n ? "\n  ],\n  \"content_id\": null\n}\n" : "],\n  \"content_id\": null\n}\n", f);
+        char id[RA_CONTENT_ID_LEN + 1];
+        hf_id(&in, id);
+        fprintf(f, "%s  \"content_id\": \"%s\"\n}\n", n ? "\n  ],\n" : "],\n", id);
     } else {
         fprintf(f, "path         %s\n", o->input);
         fprintf(f, "format       safetensors, %d file%s\n", in.st->n_files, in.st->n_files == 1 ? "" : "s");
@@ -458,8 +530,10 @@ static void hf_to_ra(const options *o) {
     hf_open(o->input, 0, &in);
     ra_error err = {0};
     json_t *meta = json_pack("{soss}", "config", hf_config_to_json(&in.cfg), "source", "hf");
-    json_t *prov = json_pack("{sssss{}s[{ss}]}", "tool", "ra-show", "version", RA_VERSION, "params", "inputs", "path",
-                             o->input);
+    char in_id[RA_CONTENT_ID_LEN + 1];
+    hf_id(&in, in_id);
+    json_t *prov = json_pack("{sssss{}s[{ssss}]}", "tool", "ra-show", "version", RA_VERSION, "params", "inputs",
+                             "path", o->input, "id", in_id);
     ra_writer *w = ra_writer_open(o->target, "model", meta, prov, &err);
     json_decref(meta);
     json_decref(prov);
@@ -572,8 +646,7 @@ static void ra_to_hf(const options *o) {
         st_writer *sw = st_writer_open(st_path, w, n, st_meta, &err);
         if (!sw) ra_die_error(&err);
         r = open_model_stream(o->input);
-        void *buf = NULL;
-        uint64_t cap = 0;
+        void *buf = xmalloc((size_t)COPY_CHUNK_BYTES);
         int i = 0;
         while ((rc = ra_reader_next(r, &info, &err)) == 1) {
             if (i >= n || strcmp(info.name, w[i].name) != 0 || info.nbytes != (uint64_t)ra_shape_numel(
@@ -581,16 +654,13 @@ static void ra_to_hf(const options *o) {
                 st_writer_abort(sw);
                 ra_die(EX_DATAERR, "%s: changed while it was being read", o->input);
             }
-            if (info.nbytes > cap) {
-                free(buf);
-                cap = info.nbytes;
-                buf = xmalloc((size_t)cap);
-            }
-            if (ra_reader_read(r, buf, info.nbytes, &err)) {
+            int64_t got;
+            while ((got = ra_reader_read_chunk(r, buf, COPY_CHUNK_BYTES, &err)) > 0)
+                if (st_writer_data(sw, buf, (uint64_t)got, &err)) ra_die_error(&err); /* the writer is gone */
+            if (got < 0) {
                 st_writer_abort(sw);
                 ra_die_error(&err);
             }
-            if (st_writer_data(sw, buf, info.nbytes, &err)) ra_die_error(&err); /* the writer is gone */
             ra_progress_update(&p, ++i);
         }
         free(buf);
@@ -638,14 +708,18 @@ static void verify_or_id(const options *o, int hf) {
     ra_error err = {0};
     char line[PATH_MAX + 128];
     if (hf) {
-        if (o->mode == MODE_ID)
-            ra_die(EX_DATAERR, "%s: a Hugging Face checkpoint has no ra content id; convert it with --ra-out first",
-                   o->input);
-        /* No digest to check: --verify validates every header and the config. */
+        /* No digest to check: --verify validates every header and the config;
+         * --id is the checkpoint id lib/model.h defines. */
         hf_input in;
         hf_open(o->input, 1, &in);
-        snprintf(line, sizeof line, "%s: ok (%d tensors in %d file%s; safetensors carry no digest)\n", o->input,
-                 in.st->n_tensors, in.st->n_files, in.st->n_files == 1 ? "" : "s");
+        if (o->mode == MODE_ID) {
+            char id[RA_CONTENT_ID_LEN + 1];
+            hf_id(&in, id);
+            snprintf(line, sizeof line, "%s\n", id);
+        } else {
+            snprintf(line, sizeof line, "%s: ok (%d tensors in %d file%s; safetensors carry no digest)\n", o->input,
+                     in.st->n_tensors, in.st->n_files, in.st->n_files == 1 ? "" : "s");
+        }
         hf_close(&in);
         print_result(o, line);
         return;

@@ -72,6 +72,14 @@ int st_writer_data(st_writer *w, const void *data, uint64_t nbytes, ra_error *er
 int st_writer_close(st_writer *w, ra_error *err);
 void st_writer_abort(st_writer *w);
 
+/* Content id of a Hugging Face checkpoint, as lib/model.h defines it: the
+ * XXH3-128 digest (32 lower-case hex chars, canonical big-endian order) of
+ * the config.json bytes (config_len may be 0), then for every tensor in
+ * ascending strcmp order of names: name, NUL, safetensors dtype name, NUL,
+ * ndim as u32 LE, each dim as i64 LE, the data bytes.  Independent of how the
+ * checkpoint is split into shards and of the tensors' order in the files. */
+void st_checkpoint_id(const st_set *s, const void *config, size_t config_len, char out[33]);
+
 /* safetensors dtype names ("BF16", "F32", ...) <-> ra dtypes. */
 const char *st_dtype_name(ra_dtype t);
 int st_dtype_parse(const char *s, ra_dtype *out); /* -1: unknown or unsupported */

@@ -230,3 +230,10 @@ EOF
     assert_failure 64
     assert_output --partial "terminal"
 }
+
+@test "a write error on stdout exits 74" {
+    [ -w /dev/full ] || skip "no /dev/full"
+    run bash -c 'ra-merge -q base.ra part1.ra > /dev/full'
+    assert_failure 74
+    assert_output --partial "write failed"
+}

@@ -69,6 +69,14 @@ write_st() { # FILE HEADER DATA_PRINTF
     [ ! -e "$T/x.ra" ]
 }
 
+@test "a write error on stdout exits 74" {
+    "$MKHF" "$T/m"
+    status=0
+    ra-show "$T/m" >/dev/full 2>"$T/err" || status=$?
+    [ "$status" -eq 74 ]
+    grep -q "stdout" "$T/err"
+}
+
 @test "a missing input exits 66 naming it" {
     run ra-show "$T/nowhere"
     assert_failure 66
@@ -210,9 +218,11 @@ write_st() { # FILE HEADER DATA_PRINTF
     run ra-show --json "$T/v.safetensors"
     assert_success
     echo "$output" | jq -e . >/dev/null
-    [ "$(echo "$output" | jq -c '.kind, .meta.metadata, .content_id')" = '"hf"
+    [ "$(echo "$output" | jq -c '.kind, .meta.metadata, .meta.config, .provenance')" = '"hf"
 {"format":"pt"}
+null
 null' ]
+    [ "$(echo "$output" | jq -r .content_id)" = "$(ra-show --id "$T/v.safetensors")" ]
     [ "$(echo "$output" | jq -c '.tensors[0]')" = '{"name":"f","dtype":"f32","shape":[2,3],"bytes":24,"values":[1.5,-2.25,"nan","inf","-inf",0]}' ]
     [ "$(echo "$output" | jq -c '.tensors[1].values')" = '[1.5,-5]' ]
     [ "$(echo "$output" | jq -c '.tensors[2].values')" = '[-2]' ]
@@ -250,13 +260,27 @@ null' ]
 }
 
 @test "--verify and --id of a checkpoint" {
-    "$MKHF" "$T/m"
+    "$MKHF" --seed 5 "$T/m"
     run ra-show --verify "$T/m"
     assert_success
     assert_output "$T/m: ok (21 tensors in 1 file; safetensors carry no digest)"
     run ra-show --id "$T/m"
-    assert_failure 65
-    assert_output --partial "no ra content id"
+    assert_success
+    assert_output --regexp '^[0-9a-f]{32}$'
+    id=$output
+    # the id ignores sharding and storage order, and is the JSON content_id
+    "$MKHF" --seed 5 --shards 3 --shuffle "$T/s"
+    run ra-show --id "$T/s"
+    assert_output "$id"
+    [ "$(ra-show --json "$T/s" | jq -r .content_id)" = "$id" ]
+    # it covers config.json bytes and every weight byte
+    sed -i 's/"vocab_size": 64/"vocab_size":  64/' "$T/s/config.json"
+    run ra-show --id "$T/s"
+    assert_success
+    refute_output "$id"
+    "$MKHF" --seed 6 "$T/other"
+    run ra-show --id "$T/other"
+    refute_output "$id"
 }
 
 @test "-o writes the result to a file" {
@@ -268,6 +292,13 @@ null' ]
     run ra-show -o "$T/s.json" --json "$T/m"
     assert_success
     jq -e '.kind == "hf"' "$T/s.json"
+    # a failure leaves neither the file nor a temporary beside it
+    mkdir "$T/o"
+    ra-show -q --ra-out "$T/m.ra" "$T/m"
+    head -c $(($(stat -c %s "$T/m.ra") - 5)) "$T/m.ra" >"$T/bad.ra"
+    run ra-show -o "$T/o/out.txt" "$T/bad.ra"
+    assert_failure 65
+    [ -z "$(ls -A "$T/o")" ]
 }
 
 # ------------------------------------------------------------ conversions
@@ -284,6 +315,9 @@ null' ]
     run ra-show --verify "$T/m.ra"
     assert_success
     assert_output "$T/m.ra: ok, content id $id"
+    run ra-show - <"$T/m.ra"
+    assert_success
+    assert_line "content id   $id"
     run ra-show "$T/m.ra"
     assert_success
     assert_line "kind         model"
@@ -295,12 +329,13 @@ null' ]
     assert_line --regexp '^  model\.embed_tokens\.weight +bf16 +\[64, 32\] +4096$'
     run ra-show --json "$T/m.ra"
     assert_success
-    [ "$(echo "$output" | jq -r '.kind, .version, .content_id, .meta.source, .meta.config.rope_scaling.rope_type, .provenance.inputs[0].path')" = "model
+    [ "$(echo "$output" | jq -r '.kind, .version, .content_id, .meta.source, .meta.config.rope_scaling.rope_type, .provenance.inputs[0].path, .provenance.inputs[0].id')" = "model
 1
 $id
 hf
 llama3
-$T/m" ]
+$T/m
+$(ra-show --id "$T/m")" ]
     # same tensors, same values as the checkpoint
     diff <(ra-show --json "$T/m" | jq -c '.tensors') <(echo "$output" | jq -c '.tensors')
     run ra-show -q --ra-out "$T/m2.ra" "$T/m"
@@ -368,6 +403,23 @@ $T/m" ]
     assert_success
     cmp "$T/m/model.safetensors" "$T/out-stdin/model.safetensors"
     cmp "$T/out/config.json" "$T/out-stdin/config.json"
+}
+
+@test "tensors split into parts: --json values and --hf-out are unchanged" {
+    "$MKHF" --ra "$T/whole.ra" "$T/m"
+    "$MKHF" --ra "$T/split.ra" --split-bytes 100 "$T/m2"
+    run ra-show "$T/whole.ra"
+    assert_line "records      21"
+    # the 4096-byte embedding alone takes 41 parts of at most 100 bytes
+    run ra-show "$T/split.ra"
+    assert_success
+    records=$(echo "$output" | awk '/^records/ { print $2 }')
+    [ "$records" -gt 100 ]
+    [ "$(ra-show --json --values "$T/split.ra" | jq -c .tensors)" = "$(ra-show --json --values "$T/whole.ra" | jq -c .tensors)" ]
+    ra-show -q --hf-out "$T/out" "$T/split.ra"
+    cmp "$T/m/model.safetensors" "$T/out/model.safetensors"
+    ra-show -q --hf-out "$T/out2" - <"$T/split.ra"
+    cmp "$T/m/model.safetensors" "$T/out2/model.safetensors"
 }
 
 @test "--hf-out refuses other kinds, bad configs, checkpoints and stale indexes" {

@@ -18,6 +18,7 @@
  *     --kind KIND          kind of that stream (model)
  *     --hybrid             add meta.hybrid (a sample head plan) to that stream
  *     --no-meta-config     leave meta.config out of that stream
+ *     --split-bytes N      split that stream's tensors into parts of N bytes
  *
  * Weights: uniform in ±0.15 (norm weights 1 ± 0.15), never all zero. */
 #include <errno.h>
@@ -64,13 +65,15 @@ static const char *USAGE =
     "Usage: mk-hf [--model llama|qwen2] [--dtype bf16|f16|f32] [--layers N] [--hidden D] [--heads H]\n"
     "             [--kv-heads K] [--head-dim HD] [--inter I] [--vocab V] [--seed S] [--tied]\n"
     "             [--attention-bias] [--llama3-rope] [--rope-parameters] [--shards N] [--shuffle]\n"
-    "             [--extra NAME] [--ra FILE [--kind KIND] [--hybrid] [--no-meta-config]] DIR\n"
+    "             [--extra NAME] [--ra FILE [--kind KIND] [--hybrid] [--no-meta-config]\n"
+    "             [--split-bytes N]] DIR\n"
     "Write a tiny random Hugging Face checkpoint for tests.\n";
 
 int main(int argc, char **argv) {
     ra_cli_init(argc, argv, "mk-hf", USAGE);
     const char *model = "llama", *dtype_s = "bf16", *dir = NULL, *extra = NULL, *ra_path = NULL, *kind = "model";
     int hybrid = 0, no_meta_config = 0;
+    long long split_bytes = 0;
     int layers = 2, D = 32, H = 4, Hkv = 2, hd = 0, I = 48, V = 64, tied = 0, abias = 0, llama3 = 0, rope_params = 0;
     int shards = 1, shuffle = 0;
     long long seed = 1;
@@ -99,6 +102,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--ra") && v) { ra_path = v; i++; continue; }
         if (!strcmp(a, "--kind") && v) { kind = v; i++; continue; }
         if (!strcmp(a, "--hybrid")) { hybrid = 1; continue; }
+        if (!strcmp(a, "--split-bytes") && v) { split_bytes = ra_parse_int(a, v, 1, 1LL << 40); i++; continue; }
         if (!strcmp(a, "--no-meta-config")) { no_meta_config = 1; continue; }
         if (!strcmp(a, "--tied")) { tied = 1; continue; }
         if (!strcmp(a, "--attention-bias")) { abias = 1; continue; }
@@ -249,6 +253,7 @@ int main(int argc, char **argv) {
         json_t *prov = json_pack("{sssss{}s[]}", "tool", "mk-hf", "version", RA_VERSION, "params", "inputs");
         ra_writer *w = ra_writer_open(ra_path, kind, m, prov, &err);
         if (!w) ra_die_error(&err);
+        if (split_bytes) ra_writer_set_split_bytes(w, (uint64_t)split_bytes);
         for (int i = 0; i < n_t; i++)
             if (ra_writer_tensor(w, ts[i].name, dt, ts[i].ndim, ts[i].shape, ts[i].data, &err)) ra_die_error(&err);
         if (ra_writer_close(w, NULL, &err)) ra_die_error(&err);
