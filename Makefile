@@ -50,11 +50,14 @@ UNIT     := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*
 # The flash attention kernel compiled for the host against a warp simulator
 # (C++, no GPU needed), so CI checks its logic too.
 UNIT     += build/tests/test_flash_sim
+# The SSD and DiscreteMamba2 kernels compiled for the host against a warp
+# simulator (tests/unit/cuda_sim.h) and checked against their CPU twins.
+UNIT     += build/tests/test_ssd_sim
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
-.PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins install deps clean
+.PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins bench-bins install deps clean
 all: lib/libra.a $(TOOLS) $(UNIT)
 
 lib/libra.a: $(LIB_OBJ)
@@ -79,6 +82,12 @@ build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 build/tests/test_flash_sim: tests/unit/test_flash_sim.cpp kernels/flash_attention.cuh
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ikernels $< -o $@
+
+build/tests/test_ssd_sim: tests/unit/test_ssd_sim.cpp tests/unit/cuda_sim.h kernels/ssd_kernels.cuh \
+                          kernels/ssd_matrix.cuh kernels/dm2_kernels.cuh lib/libra.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ilib -Ikernels -Itests/unit $< -o $@ \
+	    $(LDFLAGS) lib/libra.a $(BASE_LDLIBS)
 
 build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
@@ -114,6 +123,13 @@ fuzz-smoke: fuzz-build
 
 # Build the GPU test binaries without running them (for a build-then-run GPU job).
 test-gpu-bins: all $(GPU_TESTS)
+
+# Benchmarks (bench/*.c; CUDA builds only): make bench-bins, then bench/run_forward.sh.
+BENCH := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
+build/bench/%: bench/%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+bench-bins: $(BENCH)
 
 test-gpu: test-gpu-bins
 	@RA_SKIP_BATS=1 RA_SKIP_FUZZ=1 tests/run.sh $(GPU_TESTS)
