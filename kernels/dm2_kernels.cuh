@@ -25,7 +25,7 @@ __device__ __forceinline__ int dm2k_taps_back(const uint8_t *starts, int64_t bt,
 }
 
 /* out[bt, c] = bias[c] + Σ_{k ≤ back} w[c, 3 − k] · in[bt − k, c] */
-__global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int ld_in, const float *w,
+static __global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int ld_in, const float *w,
                                      const float *bias, const uint8_t *starts, int B, int T, int C) {
     const int64_t total = (int64_t)B * T * C;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -41,7 +41,7 @@ __global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int 
 /* grid (ceil(C/32), ceil(B·T/DM2K_ROWS)); thread (tx = channel, ty = row lane).
  * din[r, c] = Σ_k w[c, 3 − k] · dout[r + k, c] over the outputs r + k that
  * reach back to r; dw, dbias += the block's sums (one atomicAdd per block). */
-__global__ void __launch_bounds__(DM2K_THREADS)
+static __global__ void __launch_bounds__(DM2K_THREADS)
     dm2k_conv_bwd_kernel(bf16 *din, int ld_din, float *dw, float *dbias, const bf16 *dout, int ld_dout,
                          const bf16 *in, int ld_in, const float *w, const uint8_t *starts, int B, int T, int C) {
 #ifndef SSD_SIM
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(DM2K_THREADS)
 }
 
 /* a[r, h] = −softplus(A_log[r·ld + h]) */
-__global__ void dm2k_decay_fwd_kernel(float *a, const bf16 *A_log, int ld, int64_t rows, int H) {
+static __global__ void dm2k_decay_fwd_kernel(float *a, const bf16 *A_log, int ld, int64_t rows, int H) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * H; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / H;
         int h = (int)(i - r * H);
@@ -94,7 +94,7 @@ __global__ void dm2k_decay_fwd_kernel(float *a, const bf16 *A_log, int ld, int64
 }
 
 /* dA_log[r·ld_d + h] = da[r, h] · (−sigmoid(A_log)) */
-__global__ void dm2k_decay_bwd_kernel(bf16 *dA_log, int ld_d, const float *da, const bf16 *A_log, int ld, int64_t rows,
+static __global__ void dm2k_decay_bwd_kernel(bf16 *dA_log, int ld_d, const float *da, const bf16 *A_log, int ld, int64_t rows,
                                       int H) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * H; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / H;
@@ -104,7 +104,7 @@ __global__ void dm2k_decay_bwd_kernel(bf16 *dA_log, int ld_d, const float *da, c
 }
 
 /* yg = y · silu(z + z_bias) */
-__global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 *z, int ld_z, const float *z_bias,
+static __global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 *z, int ld_z, const float *z_bias,
                                      int64_t rows, int inner) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * inner;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -117,7 +117,7 @@ __global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 *z, int
 
 /* grid (ceil(inner/32), ceil(rows/DM2K_ROWS)), thread (tx = column, ty = row lane):
  * dy = dyg · silu(v), dz = dyg · y · σ(v)(1 + v(1 − σ(v))), dz_bias += Σ_rows dz. */
-__global__ void __launch_bounds__(DM2K_THREADS)
+static __global__ void __launch_bounds__(DM2K_THREADS)
     dm2k_gate_bwd_kernel(bf16 *dy, bf16 *dz, int ld_dz, float *dz_bias, const bf16 *dyg, const bf16 *y,
                          const bf16 *z, int ld_z, const float *z_bias, int64_t rows, int inner) {
 #ifndef SSD_SIM
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(DM2K_THREADS)
 /* One token, every channel of every row: shift the conv state left, append
  * proj[b, ch] (zero the state first where reset[b]) and convolve.
  * xbc [B, conv_dim] fp32. */
-__global__ void dm2k_step_conv_kernel(float *xbc, float *conv_state, const bf16 *proj, int ld_proj, const float *w,
+static __global__ void dm2k_step_conv_kernel(float *xbc, float *conv_state, const bf16 *proj, int ld_proj, const float *w,
                                       const float *bias, const uint8_t *reset, int B, int conv_dim) {
     const int64_t total = (int64_t)B * conv_dim;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -175,7 +175,7 @@ __global__ void dm2k_step_conv_kernel(float *xbc, float *conv_state, const bf16 
 /* One block per (b, h): S = α S + x ⊗ B (S zeroed first where reset[b]),
  * y = S C + D x, yg = y · silu(z + z_bias).  Warp w takes rows p ≡ w (mod 4),
  * lanes take the state columns n. */
-__global__ void dm2k_step_ssm_kernel(bf16 *yg, float *ssm, const float *xbc, const bf16 *proj, int ld_proj,
+static __global__ void dm2k_step_ssm_kernel(bf16 *yg, float *ssm, const float *xbc, const bf16 *proj, int ld_proj,
                                      const float *D, const float *z_bias, const uint8_t *reset, int B, int H, int P,
                                      int N, int G) {
     const int bh = blockIdx.x, b = bh / H, h = bh - b * H, g = h / (H / G);
@@ -207,7 +207,7 @@ __global__ void dm2k_step_ssm_kernel(bf16 *yg, float *ssm, const float *xbc, con
 
 /* After a forward over a prompt: the conv state (last 4 pre-conv inputs of
  * the row's last document, oldest first, 0 before it) from proj. */
-__global__ void dm2k_conv_state_kernel(float *conv_state, const bf16 *proj, int ld_proj, const uint8_t *starts, int B,
+static __global__ void dm2k_conv_state_kernel(float *conv_state, const bf16 *proj, int ld_proj, const uint8_t *starts, int B,
                                        int T, int conv_dim) {
     const int64_t total = (int64_t)B * conv_dim * DM2K_K;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {

@@ -274,7 +274,7 @@ struct ssd_smem {
  * mode 0: U = x, coef = w, V = B  → states (E_c), and gam = γ_c
  * mode 1: U = dy, coef = dec, V = C → dstates (F_c) */
 template <int PP, int NP>
-__global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_outer_kernel(const ssd_kparams p) {
+static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_outer_kernel(const ssd_kparams p) {
     constexpr int LU = PP + SSD_PAD, LV = NP + SSD_PAD;
     SSD_DYNAMIC_SMEM(smem);
     bf16 *sU = reinterpret_cast<bf16 *>(smem);
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_outer_kernel(const ssd_
 
 /* ---- state passing -------------------------------------------------------------
  * One thread per state element of one (b, h), sequential over chunks. */
-__global__ void __launch_bounds__(SSD_THREADS) ssd_state_fwd_kernel(const ssd_kparams p) {
+static __global__ void __launch_bounds__(SSD_THREADS) ssd_state_fwd_kernel(const ssd_kparams p) {
     const int64_t PN = (int64_t)p.P * p.N;
     const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int bh = blockIdx.y;
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(SSD_THREADS) ssd_state_fwd_kernel(const ssd_kp
     if (p.final_state) p.final_state[bh * PN + e] = S;
 }
 
-__global__ void __launch_bounds__(SSD_THREADS) ssd_state_bwd_kernel(const ssd_kparams p) {
+static __global__ void __launch_bounds__(SSD_THREADS) ssd_state_bwd_kernel(const ssd_kparams p) {
 #ifndef SSD_SIM
     __shared__ float scratch[32];
 #else
@@ -367,7 +367,7 @@ __global__ void __launch_bounds__(SSD_THREADS) ssd_state_bwd_kernel(const ssd_kp
 
 /* ---- chunk_scan_fwd: the output of a chunk ---------------------------------------- */
 template <int PP, int NP>
-__global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_scan_fwd_kernel(const ssd_kparams p) {
+static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_scan_fwd_kernel(const ssd_kparams p) {
     constexpr int LX = PP + SSD_PAD, LB = NP + SSD_PAD;
     SSD_DYNAMIC_SMEM(smem);
     bf16 *sX = reinterpret_cast<bf16 *>(smem);
@@ -496,7 +496,7 @@ __device__ __forceinline__ void ssd_store_dbc(const ssd_kparams &p, bf16 *out16,
 }
 
 template <int PP, int NP>
-__global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const ssd_kparams p) {
+static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const ssd_kparams p) {
     constexpr int LX = PP + SSD_PAD, LB = NP + SSD_PAD;
     SSD_DYNAMIC_SMEM(smem);
     bf16 *sX = reinterpret_cast<bf16 *>(smem);
@@ -806,7 +806,7 @@ __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const ssd_kp
 /* ---- small reductions ----------------------------------------------------------------- */
 
 /* dD[h] = Σ_{b,c} dD_part[b,h,c] (one block per head, deterministic). */
-__global__ void ssd_reduce_dD_kernel(float *dD, const float *part, int B, int H, int nc) {
+static __global__ void ssd_reduce_dD_kernel(float *dD, const float *part, int B, int H, int nc) {
 #ifndef SSD_SIM
     __shared__ float scratch[32];
 #else
@@ -823,7 +823,7 @@ __global__ void ssd_reduce_dD_kernel(float *dD, const float *part, int B, int H,
 }
 
 /* out[b,t,g,n] = Σ_{h in g} in[b,t,h,n] (bf16 out, fp32 in). */
-__global__ void ssd_reduce_heads_kernel(bf16 *out, const float *in, int64_t BT, int H, int G, int N) {
+static __global__ void ssd_reduce_heads_kernel(bf16 *out, const float *in, int64_t BT, int H, int G, int N) {
     const int hpg = H / G;
     const int64_t total = BT * G * N;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {

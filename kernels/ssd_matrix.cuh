@@ -36,7 +36,7 @@ typedef struct ssdm_params {
 } ssdm_params;
 
 /* cum (one thread per (b, h), sequential in t) and first (threads h = 0). */
-__global__ void ssdm_prefix_kernel(const ssdm_params p) {
+static __global__ void ssdm_prefix_kernel(const ssdm_params p) {
     const int bh = blockIdx.x * blockDim.x + threadIdx.x;
     if (bh >= p.B * p.H) return;
     const int b = bh / p.H, h = bh - b * p.H;
@@ -76,7 +76,7 @@ __device__ __forceinline__ float ssdm_decay(const ssdm_params &p, int b, int h, 
 }
 
 /* grid (nt·nt, B·H): tile (lt, st) of Tm; threads: tx = column s, ty = rows ty + 8k. */
-__global__ void __launch_bounds__(SSDM_THREADS) ssdm_forward_kernel(const ssdm_params p) {
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_forward_kernel(const ssdm_params p) {
     SSD_DYNAMIC_SMEM(smem);
     const int nt = (p.T + SSDM_TILE - 1) / SSDM_TILE;
     const int lt = blockIdx.x / nt, st = blockIdx.x - lt * nt, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(SSDM_THREADS) ssdm_forward_kernel(const ssdm_p
 
 /* grid (nt, B·H): for rows l of tile lt, sweep s-tiles ≤ lt:
  *   dC_h[l,:] = Σ_s dG[l,s] B_s, rowsum[l] = Σ_s dG[l,s] G[l,s]. */
-__global__ void __launch_bounds__(SSDM_THREADS) ssdm_rows_kernel(const ssdm_params p) {
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_rows_kernel(const ssdm_params p) {
     SSD_DYNAMIC_SMEM(smem);
     const int lt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H, g = h / (p.H / p.G);
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, l0 = lt * SSDM_TILE, N = p.N;
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(SSDM_THREADS) ssdm_rows_kernel(const ssdm_para
 /* grid (nt, B·H): for columns s of tile st, sweep l-tiles ≥ st:
  *   dB_h[s,:] = Σ_l dG[l,s] C_l, colsum[s] = Σ_l dG[l,s] G[l,s].
  * Threads: tx = column s for the tile products (coalesced dTm rows). */
-__global__ void __launch_bounds__(SSDM_THREADS) ssdm_cols_kernel(const ssdm_params p) {
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_cols_kernel(const ssdm_params p) {
     SSD_DYNAMIC_SMEM(smem);
     const int st = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H, g = h / (p.H / p.G);
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, s0 = st * SSDM_TILE, N = p.N;
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(SSDM_THREADS) ssdm_cols_kernel(const ssdm_para
 }
 
 /* da by a segmented suffix sum of dP = rowsum − colsum (one thread per (b, h)). */
-__global__ void ssdm_da_kernel(const ssdm_params p) {
+static __global__ void ssdm_da_kernel(const ssdm_params p) {
     const int bh = blockIdx.x * blockDim.x + threadIdx.x;
     if (bh >= p.B * p.H) return;
     const int b = bh / p.H, h = bh - b * p.H;
@@ -259,7 +259,7 @@ __global__ void ssdm_da_kernel(const ssdm_params p) {
 }
 
 /* dD[h] = Σ_b tr(dTm[b,h]) (one block per head). */
-__global__ void ssdm_dD_kernel(const ssdm_params p) {
+static __global__ void ssdm_dD_kernel(const ssdm_params p) {
 #ifndef SSD_SIM
     __shared__ float scratch[32];
 #else
