@@ -58,7 +58,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
 .PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins bench-bins install deps clean
-all: lib/libra.a $(TOOLS) $(UNIT)
+all: lib/libra.a $(TOOLS) $(UNIT) build/tests/mk-hf
 
 lib/libra.a: $(LIB_OBJ)
 	@rm -f $@
@@ -79,6 +79,18 @@ build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
+# Test-only helpers for the bats suites (tests/helpers/ra-*.c), not installed.
+HELPERS  := $(patsubst tests/helpers/%.c,build/tests/%,$(wildcard tests/helpers/ra-*.c))
+all: $(HELPERS)
+build/tests/ra-%: tests/helpers/ra-%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test helper: tiny random Hugging Face checkpoints (used by the bats suites).
+build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
 build/tests/test_flash_sim: tests/unit/test_flash_sim.cpp kernels/flash_attention.cuh
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ikernels $< -o $@
@@ -96,6 +108,12 @@ build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 # Test-only helper that writes and dumps ra streams for the bats suites (not installed).
 all: build/tests/ra-mkstream
 build/tests/ra-mkstream: tests/helpers/ra-mkstream.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
+# Test-only helpers of the ra-rank / ra-probe suites: write scores, print plans.
+all: build/tests/mk-scores build/tests/plan-info
+build/tests/mk-scores build/tests/plan-info: build/tests/%: tests/helpers/%.c lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
@@ -142,7 +160,7 @@ install: all
 
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev pkg-config libmsgpack-dev libxxhash-dev \
                 libjansson-dev libopenblas-dev libpcre2-dev libicu-dev parallel bats bats-assert bats-support \
-                bats-file wamerican gnuplot-nox
+                bats-file wamerican gnuplot-nox jq
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)

@@ -84,10 +84,19 @@ static int parse_rope(const json_t *root, const char *name, hf_config *c, ra_err
     c->rope_type = RA_ROPE_DEFAULT;
     if (!r || json_is_null(r)) return 0;
     if (!json_is_object(r)) return ra_fail(err, EX_DATAERR, "%s: %s: expected an object or null", name, field);
+    /* Newer transformers may key RoPE settings by layer type; these models
+     * only have full-attention layers. */
+    const json_t *full = json_object_get(r, "full_attention");
+    if (json_is_object(full)) r = full;
     char where[300];
     snprintf(where, sizeof where, "%s: %s", name, field);
     if (strcmp(field, "rope_parameters") == 0 && (rc = get_positive(r, "rope_theta", where, 0, &c->rope_theta, err)))
         return rc;
+
+    double partial = 1.0;
+    if ((rc = get_positive(r, "partial_rotary_factor", where, 0, &partial, err))) return rc;
+    if (partial != 1.0)
+        return ra_fail(err, EX_DATAERR, "%s: partial_rotary_factor %g is not supported (expected 1)", where, partial);
 
     const json_t *t = json_object_get(r, "rope_type");
     const char *tkey = "rope_type";
@@ -145,6 +154,16 @@ static int refuse_unsupported(const json_t *root, const char *name, const hf_con
     flag = 0;
     if ((rc = get_bool(root, "use_sliding_window", name, &flag, err))) return rc;
     if (flag) return ra_fail(err, EX_DATAERR, "%s: use_sliding_window true is not supported", name);
+    const json_t *lt = json_object_get(root, "layer_types"); /* transformers >= 4.53 */
+    if (lt && !json_is_null(lt)) {
+        if (!json_is_array(lt)) return ra_fail(err, EX_DATAERR, "%s: layer_types: expected a list", name);
+        for (size_t i = 0; i < json_array_size(lt); i++) {
+            const char *ty = json_string_value(json_array_get(lt, i));
+            if (!ty || strcmp(ty, "full_attention") != 0)
+                return ra_fail(err, EX_DATAERR, "%s: layer_types[%zu] '%s' is not supported (expected \"full_attention\")",
+                               name, i, ty ? ty : "(not a string)");
+        }
+    }
     const json_t *act = json_object_get(root, "hidden_act");
     if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), "silu") != 0))
         return ra_fail(err, EX_DATAERR, "%s: hidden_act %s%s%s is not supported (expected \"silu\")", name,

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "atomic_file.h"
 
@@ -605,4 +606,33 @@ int st_write(const char *path, const st_write_tensor *tensors, int n, const json
         if (rc) return rc;
     }
     return st_writer_close(w, err);
+}
+
+/* --------------------------------------------------------------- identity */
+
+static void hash_le(XXH3_state_t *h, uint64_t v, int bytes) {
+    unsigned char b[8];
+    for (int i = 0; i < bytes; i++) b[i] = (unsigned char)(v >> (8 * i));
+    XXH3_128bits_update(h, b, (size_t)bytes);
+}
+
+void st_checkpoint_id(const st_set *s, const void *config, size_t config_len, char out[33]) {
+    XXH3_state_t *h = XXH3_createState();
+    RA_CHECK(h != NULL);
+    XXH3_128bits_reset(h);
+    XXH3_128bits_update(h, config_len ? config : "", config_len);
+    /* s->tensors is sorted by name (strcmp) already */
+    for (int i = 0; i < s->n_tensors; i++) {
+        const st_tensor *t = &s->tensors[i];
+        const char *dt = st_dtype_name(t->dtype);
+        XXH3_128bits_update(h, t->name, strlen(t->name) + 1);
+        XXH3_128bits_update(h, dt, strlen(dt) + 1);
+        hash_le(h, (uint64_t)t->ndim, 4);
+        for (int d = 0; d < t->ndim; d++) hash_le(h, (uint64_t)t->shape[d], 8);
+        XXH3_128bits_update(h, t->data, (size_t)t->nbytes);
+    }
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(h));
+    XXH3_freeState(h);
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", c.digest[i]);
 }

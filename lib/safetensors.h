@@ -17,7 +17,9 @@ typedef struct st_tensor {
     int ndim;
     int64_t shape[RA_MAX_DIMS];
     uint64_t nbytes;
-    const void *data; /* points into the mmap of its file */
+    const void *data; /* points into the mmap of its file; NOT aligned in general
+                         (safetensors offsets need not be), so read it with
+                         memcpy or ra_convert_to_f32, never through a cast */
     int file;         /* index into st_set.files */
 } st_tensor;
 
@@ -69,6 +71,14 @@ st_writer *st_writer_open(const char *path, const st_write_tensor *tensors, int 
 int st_writer_data(st_writer *w, const void *data, uint64_t nbytes, ra_error *err);
 int st_writer_close(st_writer *w, ra_error *err);
 void st_writer_abort(st_writer *w);
+
+/* Content id of a Hugging Face checkpoint, as lib/model.h defines it: the
+ * XXH3-128 digest (32 lower-case hex chars, canonical big-endian order) of
+ * the config.json bytes (config_len may be 0), then for every tensor in
+ * ascending strcmp order of names: name, NUL, safetensors dtype name, NUL,
+ * ndim as u32 LE, each dim as i64 LE, the data bytes.  Independent of how the
+ * checkpoint is split into shards and of the tensors' order in the files. */
+void st_checkpoint_id(const st_set *s, const void *config, size_t config_len, char out[33]);
 
 /* safetensors dtype names ("BF16", "F32", ...) <-> ra dtypes. */
 const char *st_dtype_name(ra_dtype t);

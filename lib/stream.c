@@ -591,8 +591,8 @@ static void consume(ra_reader *r, size_t n) {
 
 static int fill_or_fail(ra_reader *r, size_t need, const char *what, ra_error *err) {
     int f = fill(r, need);
-    if (f == 1) return rfail(r, err, EX_DATAERR, "truncated: file ends inside %s (offset %llu)", what,
-                             (unsigned long long)(r->pos + (r->end - r->start)));
+    if (f == 1) return rfail(r, err, EX_DATAERR, "truncated: the file ends at byte %llu, inside %s",
+                             (unsigned long long)(r->pos + (r->end - r->start)), what);
     if (f < 0) return rfail(r, err, EX_IOERR, "read error: %s", strerror(errno));
     return 0;
 }

@@ -23,9 +23,12 @@ typedef struct merge_cand {
     int32_t new_id;
 } merge_cand;
 
-/* Words longer than this are not cached (like Hugging Face's MAX_LENGTH). */
+/* Words longer than this are not cached (like Hugging Face's MAX_LENGTH).
+ * The cache is cleared when full; kept small (32k words, about 1 MiB of
+ * slots) so that it stays in the processor's cache: a large one was slower
+ * on English text, its lookups missing to memory. */
 #define CACHE_MAX_WORD 256
-#define CACHE_MAX_WORDS (1u << 20)
+#define CACHE_MAX_WORDS (1u << 15)
 #define CACHE_MAX_IDS (1u << 24)
 
 static int cand_less(const merge_cand *a, const merge_cand *b) {
@@ -121,21 +124,21 @@ static void merge_all(const ra_tokenizer *t, sym *s, size_t ns, merge_cand *heap
     }
 }
 
-void tok_bpe_word(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out) {
-    if (n == 0) return;
+static void push_ids(ra_ids *out, const int32_t *v, int64_t n) {
+    if (out->n + n > out->cap) {
+        while (out->n + n > out->cap) out->cap = out->cap ? 2 * out->cap : 64;
+        out->v = xrealloc(out->v, (size_t)out->cap * sizeof *out->v);
+    }
+    memcpy(out->v + out->n, v, (size_t)n * sizeof *v);
+    out->n += n;
+}
+
+/* Merge a word that is not in the cache. */
+static void bpe_uncached(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out) {
     if (t->ignore_merges) {
         const int64_t *id = tok_map_get(&t->vocab_bytes, (const char *)w, n);
         if (id) {
             ra_ids_push(out, (int32_t)*id);
-            return;
-        }
-    }
-    int cacheable = n < CACHE_MAX_WORD;
-    if (cacheable) {
-        const int64_t *hit = tok_map_get(&t->cache, (const char *)w, n);
-        if (hit) {
-            int64_t off = *hit >> 10, cnt = *hit & 1023;
-            for (int64_t i = 0; i < cnt; i++) ra_ids_push(out, t->cache_ids.v[off + i]);
             return;
         }
     }
@@ -152,17 +155,31 @@ void tok_bpe_word(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out
     sym *s = t->sym;
     size_t ns = initial_symbols(t, w, n, s);
     merge_all(t, s, ns, t->heap);
-    int64_t start = out->n;
     for (int32_t i = ns ? 0 : -1; i >= 0; i = s[i].next) ra_ids_push(out, s[i].id);
-    if (cacheable) {
-        if (t->cache.n >= CACHE_MAX_WORDS || t->cache_ids.n >= CACHE_MAX_IDS) {
-            tok_map_clear(&t->cache);
-            t->cache_ids.n = 0;
-        }
-        int64_t off = t->cache_ids.n, cnt = out->n - start;
-        for (int64_t i = 0; i < cnt; i++) ra_ids_push(&t->cache_ids, out->v[start + i]);
-        tok_map_put(&t->cache, (const char *)w, n, off << 10 | cnt);
+}
+
+void tok_bpe_word(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out) {
+    if (n == 0) return;
+    if (n >= CACHE_MAX_WORD) {
+        bpe_uncached(t, w, n, out);
+        return;
     }
+    /* The cache holds the final ids of a word, whichever path made them. */
+    uint64_t h = tok_map_hash((const char *)w, n);
+    const int64_t *hit = tok_map_get_h(&t->cache, h, (const char *)w, n);
+    if (hit) {
+        push_ids(out, t->cache_ids.v + (*hit >> 10), *hit & 1023);
+        return;
+    }
+    int64_t start = out->n;
+    bpe_uncached(t, w, n, out);
+    if (t->cache.n >= CACHE_MAX_WORDS || t->cache_ids.n >= CACHE_MAX_IDS) {
+        tok_map_clear(&t->cache);
+        t->cache_ids.n = 0;
+    }
+    int64_t off = t->cache_ids.n, cnt = out->n - start;
+    push_ids(&t->cache_ids, out->v + start, cnt);
+    tok_map_put_h(&t->cache, h, (const char *)w, n, off << 10 | cnt);
 }
 
 void tok_bpe_free_scratch(ra_tokenizer *t) {

@@ -11,15 +11,23 @@
 
 /* ---------------------------------------------------------------- hash maps */
 
-/* Byte-string key -> int64 value, open addressing, keys in an arena. */
+/* Byte-string key -> int64 value, open addressing (one 32-byte slot per
+ * probe, so a lookup touches one cache line plus the key), keys in an arena. */
+typedef struct tok_slot {
+    uint64_t hash; /* 0 = empty slot */
+    uint64_t koff; /* key offset in keys.v */
+    uint32_t klen;
+    int64_t val;
+} tok_slot;
 typedef struct tok_map {
-    uint64_t *hash; /* 0 = empty slot */
-    uint64_t *koff; /* key offset in keys.v */
-    uint32_t *klen;
-    int64_t *val;
+    tok_slot *slot;
     size_t cap, n;
     ra_bytes keys;
 } tok_map;
+uint64_t tok_map_hash(const char *k, size_t n);
+/* Lookup with a hash computed by tok_map_hash (saves hashing twice). */
+const int64_t *tok_map_get_h(const tok_map *m, uint64_t h, const char *k, size_t n);
+void tok_map_put_h(tok_map *m, uint64_t h, const char *k, size_t n, int64_t v);
 void tok_map_init(tok_map *m, size_t expected);
 const int64_t *tok_map_get(const tok_map *m, const char *k, size_t n);
 void tok_map_put(tok_map *m, const char *k, size_t n, int64_t v); /* overwrites */
@@ -64,6 +72,7 @@ typedef struct tok_matcher {
     int32_t *cand[256]; /* indices into added[] */
     int ncand[256];
     int any;
+    int only_first;     /* the one first byte of all candidates, or -1 */
 } tok_matcher;
 
 enum { TOK_STEP_SPLIT, TOK_STEP_BYTELEVEL };
@@ -71,6 +80,7 @@ typedef struct tok_step {
     int kind;
     pcre2_code *re;           /* split regex (or the GPT-2 one for ByteLevel use_regex) */
     pcre2_match_data *md;
+    int jit;                  /* JIT-compiled: use pcre2_jit_match */
     int add_prefix_space;     /* ByteLevel */
 } tok_step;
 #define TOK_MAX_STEPS 16

@@ -266,6 +266,8 @@ static int add_step(ra_tokenizer *t, int kind, pcre2_code *re, int add_prefix_sp
     s->kind = kind;
     s->re = re;
     s->md = re ? pcre2_match_data_create_from_pattern(re, NULL) : NULL;
+    size_t jit_size = 0;
+    s->jit = re && pcre2_pattern_info(re, PCRE2_INFO_JITSIZE, &jit_size) == 0 && jit_size > 0;
     s->add_prefix_space = add_prefix_space;
     return 0;
 }

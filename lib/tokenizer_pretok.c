@@ -150,7 +150,8 @@ static int regex_split(ra_tokenizer *t, tok_step *st, const char *s, size_t n, i
     size_t last_end = 0, prev = 0;
     long long last_match_end = -1;
     while (last_end <= n) {
-        int rc = pcre2_match(st->re, (PCRE2_SPTR)s, n, last_end, PCRE2_NO_UTF_CHECK, st->md, t->mctx);
+        int rc = st->jit ? pcre2_jit_match(st->re, (PCRE2_SPTR)s, n, last_end, 0, st->md, t->mctx)
+                         : pcre2_match(st->re, (PCRE2_SPTR)s, n, last_end, PCRE2_NO_UTF_CHECK, st->md, t->mctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
@@ -305,8 +306,13 @@ void tok_matcher_build(tok_matcher *m, const tok_added *added, int n_added, int 
         m->any = 1;
     }
     sort_added_ = added;
-    for (int c = 0; c < 256; c++)
+    m->only_first = -1;
+    int firsts = 0;
+    for (int c = 0; c < 256; c++) {
         if (m->ncand[c] > 1) qsort(m->cand[c], (size_t)m->ncand[c], sizeof(int32_t), by_len_desc);
+        if (m->ncand[c]) firsts++, m->only_first = c;
+    }
+    if (firsts != 1) m->only_first = -1;
 }
 
 void tok_matcher_free(tok_matcher *m) {
@@ -338,6 +344,11 @@ static size_t last_char_start(const char *s, size_t n) {
 static int find_added(const ra_tokenizer *t, const tok_matcher *m, const char *s, size_t n, size_t pos,
                       size_t *at) {
     for (size_t i = pos; i < n; i++) {
+        if (m->only_first >= 0) { /* e.g. every special token starts with '<' */
+            const char *p = memchr(s + i, m->only_first, n - i);
+            if (!p) return -1;
+            i = (size_t)(p - s);
+        }
         unsigned char c = (unsigned char)s[i];
         for (int k = 0; k < m->ncand[c]; k++) {
             const tok_added *a = &t->added[m->cand[c][k]];

@@ -44,86 +44,78 @@ void ra_bytes_free(ra_bytes *b) {
 
 /* ---------------------------------------------------------------- byte-string map */
 
-static uint64_t key_hash(const char *k, size_t n) {
+uint64_t tok_map_hash(const char *k, size_t n) {
     uint64_t h = XXH3_64bits(k, n);
     return h ? h : 1;
-}
-
-static void map_alloc(tok_map *m, size_t cap) {
-    m->cap = cap;
-    m->hash = xcalloc(cap, sizeof *m->hash);
-    m->koff = xmalloc(cap * sizeof *m->koff);
-    m->klen = xmalloc(cap * sizeof *m->klen);
-    m->val = xmalloc(cap * sizeof *m->val);
 }
 
 void tok_map_init(tok_map *m, size_t expected) {
     memset(m, 0, sizeof *m);
     size_t cap = 16;
     while (cap < 2 * expected) cap *= 2;
-    map_alloc(m, cap);
+    m->cap = cap;
+    m->slot = xcalloc(cap, sizeof *m->slot);
 }
 
 static size_t map_find(const tok_map *m, uint64_t h, const char *k, size_t n) {
     size_t mask = m->cap - 1, i = (size_t)h & mask;
-    while (m->hash[i]) {
-        if (m->hash[i] == h && m->klen[i] == n && memcmp(m->keys.v + m->koff[i], k, n) == 0) return i;
+    for (;;) {
+        const tok_slot *s = &m->slot[i];
+        if (!s->hash || (s->hash == h && s->klen == n && memcmp(m->keys.v + s->koff, k, n) == 0)) return i;
         i = (i + 1) & mask;
     }
-    return i; /* empty slot */
+}
+
+const int64_t *tok_map_get_h(const tok_map *m, uint64_t h, const char *k, size_t n) {
+    if (!m->cap) return NULL;
+    size_t i = map_find(m, h, k, n);
+    return m->slot[i].hash ? &m->slot[i].val : NULL;
 }
 
 const int64_t *tok_map_get(const tok_map *m, const char *k, size_t n) {
-    if (!m->cap) return NULL;
-    size_t i = map_find(m, key_hash(k, n), k, n);
-    return m->hash[i] ? &m->val[i] : NULL;
+    return tok_map_get_h(m, tok_map_hash(k, n), k, n);
 }
 
 static void map_grow(tok_map *m) {
-    tok_map old = *m;
-    map_alloc(m, old.cap * 2);
-    for (size_t i = 0; i < old.cap; i++) {
-        if (!old.hash[i]) continue;
-        size_t mask = m->cap - 1, j = (size_t)old.hash[i] & mask;
-        while (m->hash[j]) j = (j + 1) & mask;
-        m->hash[j] = old.hash[i];
-        m->koff[j] = old.koff[i];
-        m->klen[j] = old.klen[i];
-        m->val[j] = old.val[i];
+    tok_slot *old = m->slot;
+    size_t old_cap = m->cap;
+    m->cap *= 2;
+    m->slot = xcalloc(m->cap, sizeof *m->slot);
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old[i].hash) continue;
+        size_t mask = m->cap - 1, j = (size_t)old[i].hash & mask;
+        while (m->slot[j].hash) j = (j + 1) & mask;
+        m->slot[j] = old[i];
     }
-    free(old.hash);
-    free(old.koff);
-    free(old.klen);
-    free(old.val);
+    free(old);
 }
 
-void tok_map_put(tok_map *m, const char *k, size_t n, int64_t v) {
+void tok_map_put_h(tok_map *m, uint64_t h, const char *k, size_t n, int64_t v) {
     if (!m->cap) tok_map_init(m, 16);
-    uint64_t h = key_hash(k, n);
     size_t i = map_find(m, h, k, n);
-    if (m->hash[i]) {
-        m->val[i] = v;
+    tok_slot *s = &m->slot[i];
+    if (s->hash) {
+        s->val = v;
         return;
     }
-    m->hash[i] = h;
-    m->koff[i] = m->keys.n;
-    m->klen[i] = (uint32_t)n;
-    m->val[i] = v;
+    s->hash = h;
+    s->koff = m->keys.n;
+    s->klen = (uint32_t)n;
+    s->val = v;
     ra_bytes_append(&m->keys, k, n);
     if (++m->n * 4 > m->cap * 3) map_grow(m);
 }
 
+void tok_map_put(tok_map *m, const char *k, size_t n, int64_t v) { tok_map_put_h(m, tok_map_hash(k, n), k, n, v); }
+
 void tok_map_clear(tok_map *m) {
-    if (m->cap) memset(m->hash, 0, m->cap * sizeof *m->hash);
+    if (m->cap) memset(m->slot, 0, m->cap * sizeof *m->slot);
     m->n = 0;
     m->keys.n = 0;
 }
 
 void tok_map_free(tok_map *m) {
-    free(m->hash);
-    free(m->koff);
-    free(m->klen);
-    free(m->val);
+    free(m->slot);
     ra_bytes_free(&m->keys);
     memset(m, 0, sizeof *m);
 }

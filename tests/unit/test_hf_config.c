@@ -125,6 +125,15 @@ TEST(rope_parameters_equal_rope_scaling) {
     EXPECT_EQ_INT(parse_with(",\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1234.5}", &c, &err), 0);
     EXPECT_EQ_INT(c.rope_type, RA_ROPE_DEFAULT);
     EXPECT(c.rope_theta == 1234.5);
+    /* settings keyed by layer type, and layer_types of full attention only */
+    EXPECT_EQ_INT(parse_with(",\"layer_types\":[\"full_attention\",\"full_attention\"],\"rope_parameters\":"
+                             "{\"full_attention\":{\"rope_type\":\"llama3\",\"rope_theta\":5e5,\"factor\":8,"
+                             "\"low_freq_factor\":1,\"high_freq_factor\":4,\"original_max_position_embeddings\":64,"
+                             "\"partial_rotary_factor\":1.0}}",
+                             &c, &err), 0);
+    EXPECT_EQ_INT(c.rope_type, RA_ROPE_LLAMA3);
+    EXPECT(c.rope_theta == 5e5);
+    EXPECT(c.rope_factor == 8.0);
     EXPECT_EQ_INT(parse_with(",\"rope_scaling\":{\"rope_type\":null},\"rope_theta\":77", &c, &err), 0);
     EXPECT_EQ_INT(c.rope_type, RA_ROPE_DEFAULT);
     EXPECT(c.rope_theta == 77.0);
@@ -189,6 +198,11 @@ TEST(unsupported_and_invalid_configs_name_the_field) {
     expect_refused(",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":-2,\"low_freq_factor\":1,"
                    "\"high_freq_factor\":4,\"original_max_position_embeddings\":64}",
                    "factor", "positive");
+    expect_refused(",\"layer_types\":[\"full_attention\",\"sliding_attention\"]", "layer_types[1] 'sliding_attention'",
+                   NULL);
+    expect_refused(",\"layer_types\":\"full_attention\"", "layer_types", NULL);
+    expect_refused(",\"rope_parameters\":{\"rope_type\":\"default\",\"partial_rotary_factor\":0.5}",
+                   "partial_rotary_factor 0.5", NULL);
     expect_refused(",\"rope_theta\":0", "rope_theta", NULL);
     expect_refused(",\"rope_theta\":\"1e4\"", "rope_theta", NULL);
     expect_refused(",\"rms_norm_eps\":-1e-5", "rms_norm_eps", NULL);

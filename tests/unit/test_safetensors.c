@@ -1,5 +1,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "safetensors.h"
 #include "test.h"
@@ -576,6 +577,88 @@ TEST(directory_with_single_file_opens) {
     st_close(s);
 }
 
+/* Reference for st_checkpoint_id: the byte sequence the spec describes, built
+ * explicitly and hashed in one shot. */
+static void reference_id(const char *config, const char *const *names, int n, const int64_t *shape, int ndim,
+                         float data[][6], char out[33]) {
+    size_t cap = strlen(config) + (size_t)n * 200, len = 0;
+    unsigned char *b = malloc(cap);
+    memcpy(b, config, strlen(config));
+    len = strlen(config);
+    /* names given in strcmp order */
+    for (int i = 0; i < n; i++) {
+        memcpy(b + len, names[i], strlen(names[i]) + 1);
+        len += strlen(names[i]) + 1;
+        memcpy(b + len, "F32", 4);
+        len += 4;
+        for (int k = 0; k < 4; k++) b[len++] = (unsigned char)((uint32_t)ndim >> (8 * k));
+        for (int d = 0; d < ndim; d++)
+            for (int k = 0; k < 8; k++) b[len++] = (unsigned char)((uint64_t)shape[d] >> (8 * k));
+        memcpy(b + len, data[i], 24);
+        len += 24;
+    }
+    XXH128_hash_t h = XXH3_128bits(b, len);
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+    free(b);
+}
+
+TEST(checkpoint_id_follows_the_spec_and_ignores_sharding) {
+    test_seed(11);
+    const char *names[3] = {"a.weight", "b.bias", "c"}; /* strcmp order */
+    int64_t shape[2] = {2, 3};
+    float data[3][6];
+    for (int i = 0; i < 3; i++) test_fill(data[i], 6, 1.0f);
+    const char *config = "{\"model_type\": \"llama\"}\n";
+    char want[33], got[33], got2[33];
+    reference_id(config, names, 3, shape, 2, data, want);
+
+    /* one file, tensors stored in reverse order */
+    st_write_tensor w[3];
+    for (int i = 0; i < 3; i++) w[2 - i] = (st_write_tensor){names[i], RA_F32, 2, shape, data[i]};
+    ra_error err = {0};
+    const char *one = tmp_path("id-one.safetensors");
+    EXPECT_EQ_INT(st_write(one, w, 3, NULL, &err), 0);
+    st_set *s = NULL;
+    EXPECT_EQ_INT(st_open(one, &s, &err), 0);
+    if (!s) return;
+    st_checkpoint_id(s, config, strlen(config), got);
+    EXPECT_STR(got, want);
+    st_close(s);
+
+    /* two shards */
+    const char *dir = shard_dir("id-shards");
+    char p[600];
+    snprintf(p, sizeof p, "%s/s1.safetensors", dir);
+    EXPECT_EQ_INT(st_write(p, w, 1, NULL, &err), 0);
+    snprintf(p, sizeof p, "%s/s2.safetensors", dir);
+    EXPECT_EQ_INT(st_write(p, w + 1, 2, NULL, &err), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    write_text(p, "{\"weight_map\":{\"c\":\"s1.safetensors\",\"b.bias\":\"s2.safetensors\","
+                  "\"a.weight\":\"s2.safetensors\"}}");
+    s = NULL;
+    EXPECT_EQ_INT(st_open(dir, &s, &err), 0);
+    if (!s) return;
+    st_checkpoint_id(s, config, strlen(config), got2);
+    EXPECT_STR(got2, want);
+    /* the config bytes count */
+    st_checkpoint_id(s, config, strlen(config) - 1, got2);
+    EXPECT(strcmp(got2, want) != 0);
+    st_close(s);
+
+    /* one changed element changes it */
+    data[1][4] += 1.0f;
+    for (int i = 0; i < 3; i++) w[2 - i] = (st_write_tensor){names[i], RA_F32, 2, shape, data[i]};
+    EXPECT_EQ_INT(st_write(one, w, 3, NULL, &err), 0);
+    s = NULL;
+    EXPECT_EQ_INT(st_open(one, &s, &err), 0);
+    if (!s) return;
+    st_checkpoint_id(s, config, strlen(config), got);
+    EXPECT(strcmp(got, want) != 0);
+    reference_id(config, names, 3, shape, 2, data, want);
+    EXPECT_STR(got, want);
+    st_close(s);
+}
+
 static void cleanup(void) {
     if (tmpdir[0]) {
         char cmd[600];
@@ -602,6 +685,7 @@ int main(void) {
     RUN(sharded_checkpoint_opens);
     RUN(sharded_checkpoint_errors);
     RUN(directory_with_single_file_opens);
+    RUN(checkpoint_id_follows_the_spec_and_ignores_sharding);
     cleanup();
     return test_summary();
 }

@@ -631,6 +631,38 @@ TEST(parity_with_hugging_face) {
     EXPECT_EQ_INT(decode_mismatches, 0);
 }
 
+/* vocab_size and the bos/eos that tokenizer_config.json / generation_config.json
+ * give, against what the fixture script recorded from Hugging Face. */
+TEST(fixture_vocab_and_specials) {
+    struct stat st;
+    if (stat(FIXTURES, &st) != 0) return;
+    json_error_t jerr;
+    json_t *exp = json_load_file(FIXTURES "/expected.json", 0, &jerr);
+    EXPECT_MSG(exp != NULL, "%s/expected.json: %s", FIXTURES, jerr.text);
+    if (!exp) return;
+    const char *key;
+    json_t *v;
+    int n = 0;
+    json_object_foreach(exp, key, v) {
+        if (!json_is_object(v)) continue;
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", FIXTURES, key);
+        ra_tokenizer *t;
+        ra_error err;
+        if (ra_tokenizer_load(path, &t, &err)) {
+            if (!(strstr(err.msg, "NFC") && !tok_have_nfc())) TEST_FAIL_("%s", err.msg);
+            continue;
+        }
+        EXPECT_EQ_INT(ra_tokenizer_vocab_size(t), json_integer_value(json_object_get(v, "vocab_size")));
+        EXPECT_EQ_INT(ra_tokenizer_bos_id(t), json_integer_value(json_object_get(v, "bos_id")));
+        EXPECT_EQ_INT(ra_tokenizer_eos_id(t), json_integer_value(json_object_get(v, "eos_id")));
+        ra_tokenizer_free(t);
+        n++;
+    }
+    EXPECT(n >= 2);
+    json_decref(exp);
+}
+
 int main(void) {
     RUN(tiny_merges_by_rank);
     RUN(tiny_specials_and_template);
@@ -646,5 +678,6 @@ int main(void) {
     RUN(regex_engine_semantics);
     RUN(nfc_normalizer);
     RUN(parity_with_hugging_face);
+    RUN(fixture_vocab_and_specials);
     return test_summary();
 }
