@@ -19,6 +19,8 @@ TORCH_HEADS=${TORCH_HEADS:-0}
 OUT=${OUT:-/tmp/ra-bench-probe}
 mkdir -p "$OUT" bench/results
 export PYTHONUNBUFFERED=1
+# the GPU machine lacks the -dev packages: use .deps (tests/gpu/pack-deps.sh) when it is there
+[ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ] && DEPS_PREFIX=$PWD/.deps
 [ -x bin/ra-probe ] && [ -x bin/ra-rank ] || make -s -j"$(nproc)" ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX} \
     bin/ra-probe bin/ra-rank || { echo "bench: build failed"; exit 1; }
 
