@@ -136,17 +136,17 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-__global__ void fill_uniform_kernel(bf16 *x, int64_t n, float scale, uint64_t seed) {
+__global__ void fill_uniform_kernel(bf16 *x, int64_t n, float center, float half_width, uint64_t seed) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         uint64_t r = splitmix64(seed * 0x100000001B3ull + (uint64_t)i);
         float u = (float)(r >> 40) * (1.0f / 8388608.0f) - 1.0f; /* [-1, 1) */
-        x[i] = __float2bfloat16(u * scale);
+        x[i] = __float2bfloat16(center + u * half_width);
     }
 }
 
-extern "C" void cuda_fill_uniform_bf16(uint16_t *x, int64_t n, float scale, uint64_t seed) {
+extern "C" void cuda_fill_uniform_bf16(uint16_t *x, int64_t n, float center, float half_width, uint64_t seed) {
     if (n <= 0) return;
-    fill_uniform_kernel<<<ra_grid_for(n, 256), 256, 0, ra_cuda_stream>>>((bf16 *)x, n, scale, seed);
+    fill_uniform_kernel<<<ra_grid_for(n, 256), 256, 0, ra_cuda_stream>>>((bf16 *)x, n, center, half_width, seed);
     CUDA_CHECK_LAST();
 }
 

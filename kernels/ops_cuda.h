@@ -54,9 +54,10 @@ void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n);
 void cuda_download_bf16(float *dst, const uint16_t *src, size_t n);
 /* bf16 device -> fp32 device. */
 void cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
-/* Fill with uniform values in [-scale, scale), a hash of (seed, index):
- * deterministic random weights for benchmarks and tests. */
-void cuda_fill_uniform_bf16(uint16_t *x, int64_t n, float scale, uint64_t seed);
+/* Fill with uniform values in [center - half_width, center + half_width), a
+ * hash of (seed, index): deterministic random weights for benchmarks and
+ * tests (half_width 0 gives a constant). */
+void cuda_fill_uniform_bf16(uint16_t *x, int64_t n, float center, float half_width, uint64_t seed);
 
 void cuda_set_stream(void *stream); /* a cudaStream_t */
 void *cuda_get_stream(void);

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU tests on a machine without a GPU: the host code of
+# kernels/forward_cuda.cu compiled as C++, every op of kernels/ops_cuda.h
+# emulated on the CPU by tests/gpu/cuda_emul.c (CPU twins, bf16 storage).
+# Checks the forward pass's orchestration (layouts, strides, options), not the
+# kernels.  From the repository root:  tests/gpu/emulate.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+E=build/emul
+mkdir -p $E
+CFLAGS=(-O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -Ilib -Ikernels
+        -I/usr/include/x86_64-linux-gnu/openblas-pthread '-DRA_VERSION="emul"' -DRA_HAVE_CUDA=1)
+LIBS=(-lmsgpackc -lxxhash -ljansson -lopenblas -lpcre2-8 -lm -lpthread -lstdc++)
+for f in lib/*.c; do gcc "${CFLAGS[@]}" -c "$f" -o "$E/$(basename "$f" .c).o"; done
+extra=(); [ -f lib/model_load.c ] || extra=(-DEMUL_NO_MODEL_LOAD)
+gcc "${CFLAGS[@]}" "${extra[@]}" -c tests/gpu/cuda_emul.c -o $E/cuda_emul.o
+g++ -x c++ -std=c++17 -O2 -g -Wall -Wextra -Werror -Ilib -Ikernels -c kernels/forward_cuda.cu -o $E/forward_cuda.o
+status=0
+for t in tests/gpu/test_gpu_*.c; do
+    name=$(basename "$t" .c)
+    gcc "${CFLAGS[@]}" -Itests/unit "$t" $E/*.o -o "$E/$name" -fopenmp "${LIBS[@]}"
+    echo "# $name (emulated)"
+    "$E/$name" || status=1
+done
+exit $status
