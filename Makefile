@@ -76,6 +76,13 @@ build/tests/%: tests/unit/%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
 
+# Test-only helpers for the bats suites (tests/helpers/ra-*.c), not installed.
+HELPERS  := $(patsubst tests/helpers/%.c,build/tests/%,$(wildcard tests/helpers/ra-*.c))
+all: $(HELPERS)
+build/tests/ra-%: tests/helpers/ra-%.c lib/libra.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) lib/libra.a $(LDLIBS)
+
 # Test helper: tiny random Hugging Face checkpoints (used by the bats suites).
 build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
 	@mkdir -p $(@D)

@@ -62,6 +62,12 @@ typedef struct output {
     int atomic;
 } output;
 
+/* An -o file still being written when the tool dies is removed at exit. */
+static output *pending_output;
+static void remove_pending_output(void) {
+    if (pending_output) ra_atomic_abort(&pending_output->af);
+}
+
 static void output_open(output *o, const char *path) {
     memset(o, 0, sizeof *o);
     ra_error err = {0};
@@ -69,6 +75,8 @@ static void output_open(output *o, const char *path) {
         if (ra_atomic_open(&o->af, path, &err)) ra_die_error(&err);
         o->f = o->af.f;
         o->atomic = 1;
+        pending_output = o;
+        atexit(remove_pending_output);
     } else {
         o->f = tmpfile();
         if (!o->f) ra_die(EX_IOERR, "cannot create a temporary file: %s", strerror(errno));
@@ -78,6 +86,7 @@ static void output_open(output *o, const char *path) {
 static void output_commit(output *o) {
     ra_error err = {0};
     if (o->atomic) {
+        pending_output = NULL;
         if (ra_atomic_commit(&o->af, &err)) ra_die_error(&err);
         return;
     }

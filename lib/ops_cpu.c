@@ -104,64 +104,68 @@ void rope_forward(float *x, const float *cos_t, const float *sin_t, int n, int h
     }
 }
 
-/* Dot product with 8 independent partial sums (vectorisable without
- * -ffast-math and a little more accurate than one running sum). */
-static inline float dot_f32(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[j + u] * b[j + u];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; j < n; j++) s += a[j] * b[j];
-    return s;
+/* Query rows per attention tile: a tile's scores [ATT_TILE, keys] come from
+ * one sgemm and its output from another, so every key and value row is read
+ * once per tile instead of once per query (the per-query loop was bound by
+ * memory traffic at long contexts). */
+#define ATT_TILE 128
+
+/* Softmax of one score row over keys [lo, hi] (indices into row), zeros
+ * elsewhere in [0, n). */
+static void softmax_causal_row(float *row, int n, int lo, int hi) {
+    float mx = -INFINITY;
+    for (int s = lo; s <= hi; s++) mx = row[s] > mx ? row[s] : mx;
+    double sum = 0;
+    for (int s = lo; s <= hi; s++) {
+        row[s] = expf(row[s] - mx);
+        sum += row[s];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int s = lo; s <= hi; s++) row[s] *= inv;
+    if (lo > 0) memset(row, 0, (size_t)lo * sizeof(float));
+    if (hi + 1 < n) memset(row + hi + 1, 0, (size_t)(n - hi - 1) * sizeof(float));
 }
 
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        const int32_t *doc_start, int B, int T, int H, int Hkv, int hd) {
     int group = H / Hkv; /* query heads per key/value head (HF repeat_kv) */
     float scale = (float)(1.0 / sqrt((double)hd));
-    size_t q_row = (size_t)H * hd, kv_row = (size_t)Hkv * hd;
-    int64_t work = (int64_t)B * H * T * T * hd / 2;
-#pragma omp parallel if (work >= OMP_MIN_ELEMS)
-    {
-        float *p = xmalloc((size_t)T * sizeof(float));
-#pragma omp for collapse(3) schedule(dynamic, 8)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++)
-                for (int t = 0; t < T; t++) {
-                    int g = h / group;
-                    const float *qt = q + ((size_t)b * T + t) * q_row + (size_t)h * hd;
-                    const float *kb = k + (size_t)b * T * kv_row + (size_t)g * hd;
-                    const float *vb = v + (size_t)b * T * kv_row + (size_t)g * hd;
-                    int s0 = doc_start ? doc_start[(size_t)b * T + t] : 0;
-                    if (s0 < 0 || s0 > t) s0 = 0; /* malformed mask: fall back to plain causal */
-                    float mx = -INFINITY;
-                    for (int s = s0; s <= t; s++) {
-                        p[s] = dot_f32(qt, kb + (size_t)s * kv_row, hd) * scale;
-                        if (p[s] > mx) mx = p[s];
-                    }
-                    double sum = 0;
-                    for (int s = s0; s <= t; s++) {
-                        p[s] = expf(p[s] - mx);
-                        sum += p[s];
-                    }
-                    float inv = (float)(1.0 / sum);
-                    float *o = out + ((size_t)b * T + t) * q_row + (size_t)h * hd;
-                    memset(o, 0, (size_t)hd * sizeof(float));
-                    for (int s = s0; s <= t; s++) {
-                        float w = p[s] * inv;
-                        p[s] = w;
-                        const float *vs = vb + (size_t)s * kv_row;
-                        for (int j = 0; j < hd; j++) o[j] += w * vs[j];
-                    }
-                    if (probs) {
-                        float *row = probs + (((size_t)b * H + h) * T + t) * T;
-                        memset(row, 0, (size_t)T * sizeof(float));
-                        memcpy(row + s0, p + s0, (size_t)(t - s0 + 1) * sizeof(float));
-                    }
+    int q_row = H * hd, kv_row = Hkv * hd;
+    float *S = xmalloc((size_t)(T < ATT_TILE ? T : ATT_TILE) * T * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t0 = 0; t0 < T; t0 += ATT_TILE) {
+                int t1 = t0 + ATT_TILE < T ? t0 + ATT_TILE : T, rows = t1 - t0;
+                const int32_t *ds = doc_start ? doc_start + (size_t)b * T : NULL;
+                /* first key any query of the tile sees; a malformed start
+                 * (negative or after the query) falls back to plain causal */
+                int k0 = t0;
+                for (int t = t0; t < t1; t++) {
+                    int s0 = ds && ds[t] >= 0 && ds[t] <= t ? ds[t] : 0;
+                    if (s0 < k0) k0 = s0;
                 }
-        free(p);
-    }
+                int nk = t1 - k0, g = h / group;
+                const float *qt = q + ((size_t)b * T + t0) * q_row + (size_t)h * hd;
+                const float *kt = k + ((size_t)b * T + k0) * kv_row + (size_t)g * hd;
+                const float *vt = v + ((size_t)b * T + k0) * kv_row + (size_t)g * hd;
+                /* scores = (q · kᵀ) · scale, as HF computes them */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, hd, scale, qt, q_row, kt, kv_row, 0.0f, S,
+                            nk);
+#pragma omp parallel for if ((int64_t)rows * nk >= OMP_MIN_ELEMS)
+                for (int i = 0; i < rows; i++) {
+                    int t = t0 + i, s0 = ds && ds[t] >= 0 && ds[t] <= t ? ds[t] : 0;
+                    softmax_causal_row(S + (size_t)i * nk, nk, s0 - k0, t - k0);
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, nk, 1.0f, S, nk, vt, kv_row, 0.0f,
+                            out + ((size_t)b * T + t0) * q_row + (size_t)h * hd, q_row);
+                if (probs)
+                    for (int i = 0; i < rows; i++) {
+                        float *row = probs + (((size_t)b * H + h) * T + t0 + i) * T;
+                        memset(row, 0, (size_t)T * sizeof(float));
+                        memcpy(row + k0, S + (size_t)i * nk, (size_t)nk * sizeof(float));
+                    }
+            }
+    free(S);
 }
 
 void head_mask_apply(float *out, const uint8_t *head_keep, int B, int T, int H, int hd) {

@@ -292,6 +292,13 @@ null' ]
     run ra-show -o "$T/s.json" --json "$T/m"
     assert_success
     jq -e '.kind == "hf"' "$T/s.json"
+    # a failure leaves neither the file nor a temporary beside it
+    mkdir "$T/o"
+    ra-show -q --ra-out "$T/m.ra" "$T/m"
+    head -c $(($(stat -c %s "$T/m.ra") - 5)) "$T/m.ra" >"$T/bad.ra"
+    run ra-show -o "$T/o/out.txt" "$T/bad.ra"
+    assert_failure 65
+    [ -z "$(ls -A "$T/o")" ]
 }
 
 # ------------------------------------------------------------ conversions
