@@ -13,6 +13,7 @@
 #include "forward.h"
 #include "model.h"
 #include "stream.h"
+#include "tokens.h"
 
 static const char usage[] =
     "usage: ra-eval -m MODEL --task TASK [options]\n"
@@ -110,86 +111,39 @@ static void parse_args(int argc, char **argv, eval_args *a) {
 
 /* --------------------------------------------------------- the tokens */
 
-typedef struct document {
-    char index[32]; /* the <i> of doc/<i>, used for logits/<i> */
-    int64_t len;
-    int32_t *ids;
-} document;
-
-/* Read a documents-layout tokens stream whole (token ids are small next to
+/* Load a documents-layout tokens stream whole (token ids are small next to
  * the logits they produce), so the results header can name its content id
- * and nothing is computed from a stream that turns out corrupt. */
-static int read_documents(const char *path, document **docs_out, int *n_out, char *content_id, ra_error *err) {
-    ra_reader *r = ra_reader_open(path, err);
-    if (!r) return err->code ? err->code : EX_DATAERR;
-    const char *name = ra_reader_name(r);
-    int rc = 0, n = 0, more;
-    document *docs = NULL;
-    const json_t *layout = json_object_get(ra_reader_meta(r), "layout");
-    if (strcmp(ra_reader_kind(r), "tokens") != 0)
-        rc = ra_fail(err, EX_DATAERR, "%s: a '%s' stream, expected a tokens stream", name, ra_reader_kind(r));
-    else if (layout && (!json_is_string(layout) || strcmp(json_string_value(layout), "documents") != 0))
-        rc = ra_fail(err, EX_DATAERR, "%s: layout '%s', expected 'documents' (one record per document)", name,
-                     json_is_string(layout) ? json_string_value(layout) : "?");
-    ra_tensor_info info;
-    while (!rc && (more = ra_reader_next(r, &info, err)) == 1) {
-        if (strncmp(info.name, "doc/", 4) != 0) continue; /* other records are not documents */
-        if (info.dtype != RA_I32 || info.ndim != 1) {
-            rc = ra_fail(err, EX_DATAERR, "%s: tensor '%s': expected i32 with one dimension, got %s with %d", name,
-                         info.name, ra_dtype_name(info.dtype), info.ndim);
-            break;
-        }
-        if (info.shape[0] == 0) {
-            rc = ra_fail(err, EX_DATAERR, "%s: document '%s' is empty", name, info.name);
-            break;
-        }
-        if (info.shape[0] > (1 << 30)) {
-            rc = ra_fail(err, EX_DATAERR, "%s: document '%s' has %lld tokens, more than one forward pass takes", name,
-                         info.name, (long long)info.shape[0]);
-            break;
-        }
-        docs = xrealloc(docs, (size_t)(n + 1) * sizeof *docs);
-        document *d = &docs[n++];
-        snprintf(d->index, sizeof d->index, "%.*s", (int)sizeof d->index - 1, info.name + 4);
-        d->len = info.shape[0];
-        d->ids = xmalloc(info.nbytes);
-        rc = ra_reader_read(r, d->ids, info.nbytes, err);
-    }
-    if (!rc && more < 0) rc = err->code ? err->code : EX_DATAERR;
-    if (!rc && n == 0) rc = ra_fail(err, EX_DATAERR, "%s: no documents (no doc/<i> records)", name);
-    if (!rc) snprintf(content_id, RA_CONTENT_ID_LEN + 1, "%s", ra_reader_content_id(r));
-    ra_reader_close(r);
+ * and nothing is computed from a stream that turns out corrupt; check every
+ * id against the model's vocabulary and refuse empty documents.  Longer than
+ * the context the model was trained for is allowed, with a warning. */
+static int load_documents(const char *path, const ra_model *m, ra_tokens *t, ra_error *err) {
+    int rc = ra_tokens_load(path, t, err);
+    if (rc) return rc;
+    if (t->packed)
+        rc = ra_fail(err, EX_DATAERR, "%s: layout 'packed', expected 'documents' (one sequence per document; "
+                     "write it with ra-tok without --pack)", path);
+    else
+        rc = ra_tokens_validate(t, m->cfg.vocab_size, 1, err);
     if (rc) {
-        for (int i = 0; i < n; i++) free(docs[i].ids);
-        free(docs);
+        ra_tokens_free(t);
         return rc;
     }
-    *docs_out = docs;
-    *n_out = n;
-    return 0;
-}
-
-/* Token ids must index the model's vocabulary; longer than the context the
- * model was trained for is allowed, with a warning. */
-static int check_documents(const document *docs, int n, const ra_model *m, const char *path, ra_error *err) {
     int long_docs = 0;
-    for (int i = 0; i < n; i++) {
-        for (int64_t t = 0; t < docs[i].len; t++)
-            if (docs[i].ids[t] < 0 || docs[i].ids[t] >= m->cfg.vocab_size)
-                return ra_fail(err, EX_DATAERR, "%s: document %s position %lld: token id %d outside the model's vocabulary (0..%d)",
-                               path, docs[i].index, (long long)t, docs[i].ids[t], m->cfg.vocab_size - 1);
-        if (docs[i].len > m->cfg.max_position_embeddings && long_docs++ < 3)
-            fprintf(stderr, "%s: warning: %s: document %s has %lld tokens, more than max_position_embeddings %d; computing anyway\n",
-                    ra_progname, path, docs[i].index, (long long)docs[i].len, m->cfg.max_position_embeddings);
+    for (int64_t d = 0; d < t->n_docs; d++) {
+        int64_t n;
+        ra_tokens_doc(t, d, &n);
+        if (n > (1 << 30)) {
+            ra_tokens_free(t);
+            return ra_fail(err, EX_DATAERR, "%s: doc/%lld has %lld tokens, more than one forward pass takes", path,
+                           (long long)d, (long long)n);
+        }
+        if (n > m->cfg.max_position_embeddings && long_docs++ < 3)
+            fprintf(stderr, "%s: warning: %s: doc/%lld has %lld tokens, more than max_position_embeddings %d; computing anyway\n",
+                    ra_progname, path, (long long)d, (long long)n, m->cfg.max_position_embeddings);
     }
     if (long_docs > 3)
         fprintf(stderr, "%s: warning: %d documents in all exceed max_position_embeddings\n", ra_progname, long_docs);
     return 0;
-}
-
-static void free_documents(document *docs, int n) {
-    for (int i = 0; i < n; i++) free(docs[i].ids);
-    free(docs);
 }
 
 /* ------------------------------------------------------------ results */
@@ -225,50 +179,49 @@ static ra_writer *open_results(const eval_ctx *c, json_t *meta, json_t *inputs, 
 static int task_logits(eval_ctx *c, ra_error *err) {
     const eval_args *a = c->args;
     if (!a->data) ra_usage_error("--task logits needs -d TOKENS");
-    document *docs;
-    int n, rc;
-    char tokens_id[RA_CONTENT_ID_LEN + 1];
-    if ((rc = read_documents(a->data, &docs, &n, tokens_id, err))) return rc;
-    if ((rc = check_documents(docs, n, c->m, a->data, err))) {
-        free_documents(docs, n);
-        return rc;
-    }
-    int64_t T_max = 0, total = 0;
-    for (int i = 0; i < n; i++) {
-        if (docs[i].len > T_max) T_max = docs[i].len;
-        total += docs[i].len;
+    ra_tokens tk;
+    int rc = load_documents(a->data, c->m, &tk, err);
+    if (rc) return rc;
+    int64_t T_max = 0;
+    for (int64_t d = 0; d < tk.n_docs; d++) {
+        int64_t n;
+        ra_tokens_doc(&tk, d, &n);
+        if (n > T_max) T_max = n;
     }
     int V = c->m->cfg.vocab_size;
-    json_t *meta = json_pack("{s:i, s:i, s:s}", "documents", n, "vocab_size", V, "tokens", tokens_id);
-    json_t *inputs = json_pack("{s:s, s:s}", "model", c->m->content_id, "tokens", tokens_id);
+    json_t *meta = json_pack("{s:I, s:i, s:s}", "documents", (json_int_t)tk.n_docs, "vocab_size", V, "tokens",
+                             tk.content_id);
+    json_t *inputs = json_pack("{s:s, s:s}", "model", c->m->content_id, "tokens", tk.content_id);
     ra_writer *w = open_results(c, meta, inputs, err);
     if (!w) {
-        free_documents(docs, n);
+        ra_tokens_free(&tk);
         return err->code ? err->code : EX_IOERR;
     }
     void *state = NULL;
     rc = c->backend->create(c->m, 1, (int)T_max, &state, err);
     float *logits = rc ? NULL : xmalloc((size_t)T_max * V * sizeof(float));
     ra_progress p;
-    ra_progress_start(&p, "logits", "tok", total);
+    ra_progress_start(&p, "logits", "tok", tk.n_tokens);
     int64_t done = 0;
-    for (int i = 0; i < n && !rc; i++) {
+    for (int64_t d = 0; d < tk.n_docs && !rc; d++) {
+        int64_t n;
+        const int32_t *ids = ra_tokens_doc(&tk, d, &n);
         ra_forward_opts o = {0};
         o.head_keep = c->head_keep;
         o.logits = logits;
-        if ((rc = c->backend->run(state, docs[i].ids, 1, (int)docs[i].len, &o, err))) {
-            ra_error_prefix(err, "%s: document %s", a->data, docs[i].index);
+        if ((rc = c->backend->run(state, ids, 1, (int)n, &o, err))) {
+            ra_error_prefix(err, "%s: doc/%lld", a->data, (long long)d);
             break;
         }
         char name[64];
-        snprintf(name, sizeof name, "logits/%s", docs[i].index);
-        int64_t shape[2] = {docs[i].len, V};
+        snprintf(name, sizeof name, "logits/%lld", (long long)d);
+        int64_t shape[2] = {n, V};
         rc = ra_writer_tensor(w, name, RA_F32, 2, shape, logits, err);
-        ra_progress_update(&p, done += docs[i].len);
+        ra_progress_update(&p, done += n);
     }
     if (state) c->backend->destroy(state);
     free(logits);
-    free_documents(docs, n);
+    ra_tokens_free(&tk);
     if (rc) {
         ra_writer_abort(w);
         return rc;

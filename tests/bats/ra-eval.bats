@@ -195,14 +195,15 @@ copy_fixture() {
     "$TD" tokens -o "$T/big.ra" "1,2,3" "4,5,320,6"
     run ra-eval -m "$G" --task logits -d "$T/big.ra" -o "$T/out"
     assert_failure 65
-    assert_output --partial "document 1 position 2: token id 320"
+    assert_output --partial "doc/1: token 2 is 320, expected < vocab size 320"
     "$TD" tokens -o "$T/neg.ra" "1,-1"
     run ra-eval -m "$G" --task logits -d "$T/neg.ra" -o "$T/out"
     assert_failure 65
+    assert_output --partial "doc/0: token 1 is -1"
     "$TD" tokens -o "$T/empty.ra" "1,2" ""
     run ra-eval -m "$G" --task logits -d "$T/empty.ra" -o "$T/out"
     assert_failure 65
-    assert_output --partial "doc/1' is empty"
+    assert_output --partial "doc/1: the document is empty"
     "$TD" tokens -o "$T/none.ra"
     run ra-eval -m "$G" --task logits -d "$T/none.ra" -o "$T/out"
     assert_failure 65
@@ -210,7 +211,7 @@ copy_fixture() {
     "$TD" tokens -o "$T/kind.ra" --kind scores "1,2"
     run ra-eval -m "$G" --task logits -d "$T/kind.ra" -o "$T/out"
     assert_failure 65
-    assert_output --partial "expected a tokens stream"
+    assert_output --partial "expected 'tokens'"
     "$TD" tokens -o "$T/packed.ra" --layout packed "1,2"
     run ra-eval -m "$G" --task logits -d "$T/packed.ra" -o "$T/out"
     assert_failure 65
@@ -228,7 +229,7 @@ copy_fixture() {
     run ra-eval -q -m "$G" --task logits -d "$T/long.ra" -o "$T/out"
     assert_success
     assert_output --partial "warning"
-    assert_output --partial "130 tokens, more than max_position_embeddings 128"
+    assert_output --partial "doc/0 has 130 tokens, more than max_position_embeddings 128"
     run "$TD" describe "$T/out"
     assert_line "tensor logits/0 f32 130x320"
 }

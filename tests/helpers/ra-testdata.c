@@ -2,7 +2,9 @@
  *
  *   ra-testdata tokens -o OUT [--layout L] [--kind K] DOC...
  *       a tokens stream with one i32 record doc/<i> per DOC; a DOC is
- *       comma-separated token ids, "" for an empty document.
+ *       comma-separated token ids, "" for an empty document (written record
+ *       by record, so bad ids and empty documents can be made; --layout
+ *       packed writes rows of 4 through lib/tokens.h instead).
  *   ra-testdata golden-tokens -o OUT EXPECTED.safetensors
  *       a tokens stream from a golden fixture: doc/0 = tokens/short,
  *       doc/1 = tokens/long.
@@ -25,6 +27,7 @@
 #include "model.h"
 #include "safetensors.h"
 #include "stream.h"
+#include "tokens.h"
 
 static const char usage[] = "usage: ra-testdata tokens|golden-tokens|model-stream|compare|id|describe ... (see the source)\n";
 
@@ -39,23 +42,51 @@ static const char *flag(int *argc, char ***argv, const char *name, const char *d
     return dflt;
 }
 
+/* Parse comma-separated ids; returns the count. */
+static int64_t parse_ids(const char *text, int32_t **out) {
+    int32_t *ids = xmalloc(strlen(text) * sizeof(int32_t) + 4);
+    int64_t n = 0;
+    char *copy = xstrdup(text), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) ids[n++] = (int32_t)atol(t);
+    free(copy);
+    *out = ids;
+    return n;
+}
+
 static int tokens(int argc, char **argv) {
     const char *out = flag(&argc, &argv, "-o", "-"), *layout = flag(&argc, &argv, "--layout", "documents");
     const char *kind = flag(&argc, &argv, "--kind", "tokens");
     ra_error err = {0};
-    json_t *meta = json_pack("{s:s}", "layout", layout);
+    if (strcmp(layout, "packed") == 0) { /* through lib/tokens.h, rows of 4 */
+        ra_tokens_builder *b = ra_tokens_builder_new(&err);
+        for (int d = 0; d < argc; d++) {
+            int32_t *ids;
+            int64_t n = parse_ids(argv[d], &ids);
+            if (ra_tokens_builder_add(b, ids, n, &err)) ra_die_error(&err);
+            free(ids);
+        }
+        if (ra_tokens_write_packed(b, out, NULL, 4, 0, NULL, NULL, NULL, &err)) ra_die_error(&err);
+        ra_tokens_builder_free(b);
+        return 0;
+    }
+    /* documents, written record by record so that bad ids and empty
+     * documents can be made too */
+    int64_t total = 0;
+    for (int d = 0; d < argc; d++) {
+        int32_t *ids;
+        total += parse_ids(argv[d], &ids);
+        free(ids);
+    }
+    json_t *meta = json_pack("{s:s, s:I, s:I}", "layout", layout, "n_docs", (json_int_t)argc, "n_tokens", (json_int_t)total);
     ra_writer *w = ra_writer_open(out, kind, meta, NULL, &err);
     json_decref(meta);
     if (!w) ra_die_error(&err);
     for (int d = 0; d < argc; d++) {
-        int32_t *ids = xmalloc(strlen(argv[d]) * sizeof(int32_t) + 4);
-        int64_t n = 0;
-        char *copy = xstrdup(argv[d]), *save = NULL;
-        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) ids[n++] = (int32_t)atol(t);
+        int32_t *ids;
+        int64_t n = parse_ids(argv[d], &ids);
         char name[32];
         snprintf(name, sizeof name, "doc/%d", d);
         if (ra_writer_tensor(w, name, RA_I32, 1, &n, ids, &err)) ra_die_error(&err);
-        free(copy);
         free(ids);
     }
     if (ra_writer_close(w, NULL, &err)) ra_die_error(&err);
@@ -68,19 +99,15 @@ static int golden_tokens(int argc, char **argv) {
     ra_error err = {0};
     st_set *st;
     if (st_open(argv[0], &st, &err)) ra_die_error(&err);
-    json_t *meta = json_pack("{s:s}", "layout", "documents");
-    ra_writer *w = ra_writer_open(out, "tokens", meta, NULL, &err);
-    json_decref(meta);
-    if (!w) ra_die_error(&err);
+    ra_tokens_builder *b = ra_tokens_builder_new(&err);
     const char *src[2] = {"tokens/short", "tokens/long"};
     for (int i = 0; i < 2; i++) {
         const st_tensor *t = st_find(st, src[i]);
         if (!t || t->dtype != RA_I32 || t->ndim != 1) ra_die(EX_DATAERR, "%s: no i32 '%s'", argv[0], src[i]);
-        char name[32];
-        snprintf(name, sizeof name, "doc/%d", i);
-        if (ra_writer_tensor(w, name, RA_I32, 1, t->shape, t->data, &err)) ra_die_error(&err);
+        if (ra_tokens_builder_add(b, t->data, t->shape[0], &err)) ra_die_error(&err);
     }
-    if (ra_writer_close(w, NULL, &err)) ra_die_error(&err);
+    if (ra_tokens_write_documents(b, out, NULL, NULL, NULL, NULL, &err)) ra_die_error(&err);
+    ra_tokens_builder_free(b);
     st_close(st);
     return 0;
 }

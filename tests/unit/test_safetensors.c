@@ -2,6 +2,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "model.h"
 #include "safetensors.h"
 #include "test.h"
 
@@ -659,6 +660,67 @@ TEST(checkpoint_id_follows_the_spec_and_ignores_sharding) {
     st_close(s);
 }
 
+/* lib/model_load.c computes the same id for Hugging Face directories; the two
+ * must agree, or a model would get two identities. */
+TEST(checkpoint_id_matches_the_model_loader) {
+    test_seed(12);
+    const char *dir = shard_dir("id-model");
+    const char *config = "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 12,\n"
+                         " \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,\n"
+                         " \"vocab_size\": 16, \"rms_norm_eps\": 1e-5}\n";
+    char p[600];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_text(p, config);
+    struct { const char *name; int64_t r, c; } spec[] = {
+        {"model.embed_tokens.weight", 16, 8}, {"model.layers.0.input_layernorm.weight", 8, 0},
+        {"model.layers.0.self_attn.q_proj.weight", 8, 8}, {"model.layers.0.self_attn.k_proj.weight", 4, 8},
+        {"model.layers.0.self_attn.v_proj.weight", 4, 8}, {"model.layers.0.self_attn.o_proj.weight", 8, 8},
+        {"model.layers.0.post_attention_layernorm.weight", 8, 0}, {"model.layers.0.mlp.gate_proj.weight", 12, 8},
+        {"model.layers.0.mlp.up_proj.weight", 12, 8}, {"model.layers.0.mlp.down_proj.weight", 8, 12},
+        {"model.norm.weight", 8, 0}, {"lm_head.weight", 16, 8},
+    };
+    enum { N = sizeof spec / sizeof spec[0] };
+    st_write_tensor w[N];
+    int64_t shapes[N][2];
+    uint16_t *data[N];
+    for (int i = 0; i < N; i++) {
+        shapes[i][0] = spec[i].r;
+        shapes[i][1] = spec[i].c;
+        int nd = spec[i].c ? 2 : 1;
+        int64_t n = ra_shape_numel(nd, shapes[i]);
+        data[i] = malloc((size_t)n * 2);
+        for (int64_t j = 0; j < n; j++) data[i][j] = ra_f32_to_bf16(0.5f * test_randf() + (spec[i].c ? 0.0f : 1.0f));
+        w[i] = (st_write_tensor){spec[i].name, RA_BF16, nd, shapes[i], data[i]};
+    }
+    ra_error err = {0};
+    snprintf(p, sizeof p, "%s/model-00001-of-00002.safetensors", dir);
+    EXPECT_EQ_INT(st_write(p, w, 5, NULL, &err), 0);
+    snprintf(p, sizeof p, "%s/model-00002-of-00002.safetensors", dir);
+    EXPECT_EQ_INT(st_write(p, w + 5, N - 5, NULL, &err), 0);
+    char index[4096];
+    int len = snprintf(index, sizeof index, "{\"weight_map\": {");
+    for (int i = 0; i < N; i++)
+        len += snprintf(index + len, sizeof index - (size_t)len, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"",
+                        i ? ", " : "", spec[i].name, i < 5 ? 1 : 2);
+    snprintf(index + len, sizeof index - (size_t)len, "}}");
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    write_text(p, index);
+
+    ra_model *m = NULL;
+    int rc = ra_model_load_hf(dir, &m, &err);
+    EXPECT_MSG(rc == 0, "%s", err.msg);
+    st_set *s = NULL;
+    EXPECT_EQ_INT(st_open(dir, &s, &err), 0);
+    if (m && s) {
+        char id[33];
+        st_checkpoint_id(s, config, strlen(config), id);
+        EXPECT_STR(id, m->content_id);
+    }
+    st_close(s);
+    ra_model_free(m);
+    for (int i = 0; i < N; i++) free(data[i]);
+}
+
 static void cleanup(void) {
     if (tmpdir[0]) {
         char cmd[600];
@@ -686,6 +748,7 @@ int main(void) {
     RUN(sharded_checkpoint_errors);
     RUN(directory_with_single_file_opens);
     RUN(checkpoint_id_follows_the_spec_and_ignores_sharding);
+    RUN(checkpoint_id_matches_the_model_loader);
     cleanup();
     return test_summary();
 }
