@@ -38,6 +38,9 @@ NVCCFLAGS ?= -O3 -g -lineinfo
 NVCCFLAGS += -std=c++17 -Ilib -Ikernels -DRA_HAVE_CUDA=1 \
              -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90 \
              -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
+ifneq ($(DEPS_PREFIX),)
+NVCCFLAGS += -I$(DEPS_PREFIX)/include
+endif
 ifeq ($(CUDA),1)
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
