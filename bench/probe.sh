@@ -30,7 +30,10 @@ if [ ! -f "$T/model.safetensors" ]; then
 fi
 cp tests/fixtures/tokenizers/llama3-style/* "$T/"
 
-common=(-m "$T" --pairs "$PAIRS" --samples "$SAMPLES" --device cuda --batch "$BATCH")
+# keys: the system word list when there is one, else the 5000-word fixture
+WORDS=${WORDS:-/usr/share/dict/words}
+[ -r "$WORDS" ] || WORDS=tests/fixtures/words.txt
+common=(-m "$T" --pairs "$PAIRS" --samples "$SAMPLES" --device cuda --batch "$BATCH" --words "$WORDS")
 echo "== ra-probe exact"
 bin/ra-probe "${common[@]}" --dump-tokens "$OUT/tokens.json" -o "$OUT/exact.ra" 2>"$OUT/exact.log"; ex_rc=$?
 tr '\r' '\n' <"$OUT/exact.log" | grep -v '^ra-probe: exact: [0-9]' | tail -n 5
