@@ -38,6 +38,9 @@ NVCCFLAGS ?= -O3 -g -lineinfo
 NVCCFLAGS += -std=c++17 -Ilib -Ikernels -DRA_HAVE_CUDA=1 \
              -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90 \
              -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
+ifneq ($(DEPS_PREFIX),)
+NVCCFLAGS += -I$(DEPS_PREFIX)/include
+endif
 ifeq ($(CUDA),1)
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
@@ -50,6 +53,9 @@ UNIT     := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*
 # The flash attention kernel compiled for the host against a warp simulator
 # (C++, no GPU needed), so CI checks its logic too.
 UNIT     += build/tests/test_flash_sim
+# The SSD and DiscreteMamba2 kernels compiled for the host against a warp
+# simulator (tests/unit/cuda_sim.h) and checked against their CPU twins.
+UNIT     += build/tests/test_ssd_sim
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
@@ -91,6 +97,12 @@ build/tests/mk-hf: tests/helpers/mk-hf.c lib/libra.a
 build/tests/test_flash_sim: tests/unit/test_flash_sim.cpp kernels/flash_attention.cuh
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ikernels $< -o $@
+
+build/tests/test_ssd_sim: tests/unit/test_ssd_sim.cpp tests/unit/cuda_sim.h kernels/ssd_kernels.cuh \
+                          kernels/ssd_matrix.cuh kernels/dm2_kernels.cuh lib/libra.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ilib -Ikernels -Itests/unit $< -o $@ \
+	    $(LDFLAGS) lib/libra.a $(BASE_LDLIBS)
 
 build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)

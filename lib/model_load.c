@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <xxhash.h>
 
 #include "model.h"
 #include "safetensors.h"
@@ -99,42 +98,6 @@ static int read_file(const char *path, char **text, size_t *len, ra_error *err) 
     return 0;
 }
 
-/* --------------------------------------------------------- content id */
-
-static void hash_le(XXH3_state_t *h, uint64_t v, int bytes) {
-    unsigned char b[8];
-    for (int i = 0; i < bytes; i++) b[i] = (unsigned char)(v >> (8 * i));
-    XXH3_128bits_update(h, b, (size_t)bytes);
-}
-
-static int cmp_st_name(const void *a, const void *b) {
-    return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
-}
-
-static void hf_content_id(const char *config, size_t config_len, const st_set *st, char out[RA_MODEL_ID_LEN + 1]) {
-    XXH3_state_t *h = XXH3_createState();
-    RA_CHECK(h != NULL);
-    XXH3_128bits_reset(h);
-    XXH3_128bits_update(h, config, config_len);
-    const st_tensor **order = xmalloc((size_t)(st->n_tensors ? st->n_tensors : 1) * sizeof *order);
-    for (int i = 0; i < st->n_tensors; i++) order[i] = &st->tensors[i];
-    qsort(order, (size_t)st->n_tensors, sizeof *order, cmp_st_name);
-    for (int i = 0; i < st->n_tensors; i++) {
-        const st_tensor *t = order[i];
-        XXH3_128bits_update(h, t->name, strlen(t->name) + 1);
-        const char *dt = st_dtype_name(t->dtype);
-        XXH3_128bits_update(h, dt, strlen(dt) + 1);
-        hash_le(h, (uint64_t)t->ndim, 4);
-        for (int d = 0; d < t->ndim; d++) hash_le(h, (uint64_t)t->shape[d], 8);
-        XXH3_128bits_update(h, t->data, (size_t)t->nbytes);
-    }
-    free(order);
-    XXH128_canonical_t c;
-    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(h));
-    XXH3_freeState(h);
-    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", c.digest[i]);
-}
-
 /* ------------------------------------------------- Hugging Face directory */
 
 int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
@@ -188,7 +151,7 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
             ra_convert_to_f32(*specs[i].data, src[i]->data, src[i]->dtype, (size_t)spec_numel(&specs[i]));
         }
         if (c.tie_word_embeddings) m->lm_head = m->embed;
-        hf_content_id(text, len, st, m->content_id);
+        st_checkpoint_id(st, text, len, m->content_id); /* defined in lib/model.h */
     }
     free(src);
     free(specs);

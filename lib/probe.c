@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomic_file.h"
 #include "tokenizer.h"
 
 /* ------------------------------------------------------------ data building */
@@ -180,6 +181,44 @@ int probe_data_build(const probe_prompts *ps, ra_tokenizer *tok, probe_score_mod
     return rc;
 }
 
+int probe_data_dump_json(const probe_data *d, const char *path, ra_error *err) {
+    json_t *root = json_object(), *rows = json_array(), *items = json_array();
+    json_object_set_new(root, "mode", json_string(probe_score_name(d->mode)));
+    for (int r = 0; r < d->n_rows; r++) {
+        json_t *row = json_array();
+        for (int t = 0; t < d->rows[r].n_tokens; t++) json_array_append_new(row, json_integer(d->rows[r].tokens[t]));
+        json_array_append_new(rows, row);
+    }
+    for (int i = 0; i < d->n_items; i++) {
+        const probe_item *it = &d->items[i];
+        json_t *cands = json_array();
+        for (int c = 0; c < it->n_cand; c++) {
+            json_t *cand = json_array();
+            for (int t = it->cand_start[c]; t < it->cand_start[c + 1]; t++)
+                json_array_append_new(cand, json_pack("[i, i, i]", it->targets[t].row, it->targets[t].pos,
+                                                      it->targets[t].token));
+            json_array_append_new(cands, cand);
+        }
+        json_array_append_new(items, json_pack("{s:i, s:i, s:i, s:o}", "first_row", it->first_row, "n_rows",
+                                               it->n_rows, "correct", it->correct, "candidates", cands));
+    }
+    json_object_set_new(root, "rows", rows);
+    json_object_set_new(root, "items", items);
+    char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    int rc = 0;
+    if (!strcmp(path, "-")) {
+        if (fputs(text, stdout) < 0 || fputc('\n', stdout) < 0 || fflush(stdout))
+            rc = ra_fail(err, EX_IOERR, "stdout: write failed");
+    } else {
+        size_t n = strlen(text);
+        text[n] = '\n'; /* replaces the NUL: written with its length */
+        rc = ra_write_file_atomic(path, text, n + 1, err);
+    }
+    free(text);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- scoring */
 
 /* Per scored position: log-sum-exp (double) and argmax of its logits row. */
@@ -194,44 +233,59 @@ static void row_stats(const float *z, int V, double *lse, int32_t *argmax) {
     *argmax = am;
 }
 
+int probe_item_target_scored(const probe_data *d, const probe_item *it, int t) {
+    const probe_target *tg = &it->targets[t];
+    const probe_row *row = &d->rows[tg->row];
+    return row->scored_base - d->rows[it->first_row].scored_base + tg->pos - (row->n_tokens - row->n_scored);
+}
+
+int probe_item_n_scored(const probe_data *d, const probe_item *it) {
+    const probe_row *last = &d->rows[it->first_row + it->n_rows - 1];
+    return last->scored_base + last->n_scored - d->rows[it->first_row].scored_base;
+}
+
+probe_outcome probe_item_outcome(const probe_data *d, const probe_item *it, const double *lse, const int32_t *argmax,
+                                 const float *target_logit) {
+    probe_outcome o = {0, 0};
+    double best = -INFINITY;
+    int best_c = -1;
+    for (int c = 0; c < it->n_cand; c++) {
+        double lp = 0;
+        int top1 = 0;
+        for (int t = it->cand_start[c]; t < it->cand_start[c + 1]; t++) {
+            int k = probe_item_target_scored(d, it, t);
+            lp += (double)target_logit[t] - lse[k];
+            top1 = argmax[k] == it->targets[t].token;
+        }
+        if (c == it->correct) {
+            o.logprob = lp;
+            if (d->mode == PROBE_SCORE_LAST_TOKEN) o.correct = (uint8_t)top1;
+        }
+        if (lp > best) best = lp, best_c = c;
+    }
+    if (d->mode == PROBE_SCORE_CHOICE) o.correct = best_c == it->correct;
+    return o;
+}
+
 /* The outcome of one item from the logits of its rows.  slot_logit[r] is the
  * logits row (in the call's logits buffer) of the first scored position of
- * the item's r-th row. */
+ * the item's r-th row.  lse_buf / am_buf / tl_buf: scratch. */
 static probe_outcome item_outcome(const probe_data *d, const probe_item *it, const float *logits, int V,
-                                  const int *slot_logit, double *lse_buf, int32_t *am_buf) {
-    /* stats of every scored position of the item's rows, indexed by the
-     * item-relative scored index */
+                                  const int *slot_logit, double *lse_buf, int32_t *am_buf, float *tl_buf) {
     int n = 0;
     for (int r = 0; r < it->n_rows; r++) {
         const probe_row *row = &d->rows[it->first_row + r];
         for (int j = 0; j < row->n_scored; j++, n++)
             row_stats(logits + (size_t)(slot_logit[r] + j) * V, V, &lse_buf[n], &am_buf[n]);
     }
-    int base = d->rows[it->first_row].scored_base;
-    probe_outcome o = {0, 0};
-    double best = -INFINITY;
-    int best_c = -1;
-    for (int c = 0; c < it->n_cand; c++) {
-        double lp = 0;
-        int32_t last_am = -1, last_tok = -1;
-        for (int t = it->cand_start[c]; t < it->cand_start[c + 1]; t++) {
-            const probe_target *tg = &it->targets[t];
-            const probe_row *row = &d->rows[tg->row];
-            int j = tg->pos - (row->n_tokens - row->n_scored); /* scored index within the row */
-            int k = row->scored_base - base + j;               /* within the item */
-            int rr = tg->row - it->first_row;
-            lp += (double)logits[(size_t)(slot_logit[rr] + j) * V + tg->token] - lse_buf[k];
-            last_am = am_buf[k];
-            last_tok = tg->token;
-        }
-        if (c == it->correct) {
-            o.logprob = lp;
-            if (d->mode == PROBE_SCORE_LAST_TOKEN) o.correct = last_am == last_tok;
-        }
-        if (lp > best) best = lp, best_c = c;
+    int n_targets = it->cand_start[it->n_cand];
+    for (int t = 0; t < n_targets; t++) {
+        const probe_target *tg = &it->targets[t];
+        const probe_row *row = &d->rows[tg->row];
+        int j = tg->pos - (row->n_tokens - row->n_scored);
+        tl_buf[t] = logits[(size_t)(slot_logit[tg->row - it->first_row] + j) * V + tg->token];
     }
-    if (d->mode == PROBE_SCORE_CHOICE) o.correct = best_c == it->correct;
-    return o;
+    return probe_item_outcome(d, it, lse_buf, am_buf, tl_buf);
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -248,6 +302,7 @@ typedef struct probe_call {
     int *slot_logit;      /* [B_max]: logits row of each slot's first scored position */
     double *lse;          /* [max scored per item] */
     int32_t *am;
+    float *tl;            /* [max targets per item] */
 } probe_call;
 
 static void call_alloc(probe_call *c, const ra_model *m, const probe_data *d, int B_max, int with_start) {
@@ -264,6 +319,10 @@ static void call_alloc(probe_call *c, const ra_model *m, const probe_data *d, in
     int per_item = d->max_rows_per_item * d->max_scored_per_row;
     c->lse = xmalloc((size_t)per_item * sizeof(double));
     c->am = xmalloc((size_t)per_item * sizeof(int32_t));
+    int max_targets = 1;
+    for (int i = 0; i < d->n_items; i++)
+        if (d->items[i].cand_start[d->items[i].n_cand] > max_targets) max_targets = d->items[i].cand_start[d->items[i].n_cand];
+    c->tl = xmalloc((size_t)max_targets * sizeof(float));
 }
 
 static void call_free(probe_call *c) {
@@ -276,6 +335,7 @@ static void call_free(probe_call *c) {
     free(c->slot_logit);
     free(c->lse);
     free(c->am);
+    free(c->tl);
 }
 
 /* Place row r at slot b of the call: tokens (padded with id 0), its scored
@@ -330,7 +390,7 @@ int probe_eval(const ra_forward_backend *be, const ra_model *m, const probe_data
         if ((rc = be->run(state, c.tokens, rows, c.T, &fo, err))) break;
         b = 0;
         for (int i = i0; i < i1; i++) {
-            out[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am);
+            out[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
             b += d->items[i].n_rows;
         }
         i0 = i1;
@@ -388,7 +448,7 @@ int probe_exact(const ra_forward_backend *be, const ra_model *m, const probe_dat
         if ((rc = be->run(state, c.tokens, rows, T, &fo, err))) break;
         b = 0;
         for (int i = i0; i < i1; i++) {
-            res->base[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am);
+            res->base[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
             b += d->items[i].n_rows;
         }
 
@@ -426,7 +486,7 @@ int probe_exact(const ra_forward_backend *be, const ra_model *m, const probe_dat
                 b = 0;
                 for (int u = u0; u < u1; u++) {
                     int i = units[u].item, h = units[u].head;
-                    probe_outcome a = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am);
+                    probe_outcome a = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
                     b += d->items[i].n_rows;
                     sum_acc[l * H + h] += (double)res->base[i].correct - a.correct;
                     sum_lp[l * H + h] += res->base[i].logprob - a.logprob;

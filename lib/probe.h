@@ -83,12 +83,28 @@ struct ra_tokenizer;
 int probe_data_build(const probe_prompts *ps, struct ra_tokenizer *tok, probe_score_mode mode, int vocab_size,
                      probe_data *out, ra_error *err);
 
+/* Write the rows and targets as JSON (for reference implementations that
+ * must score exactly the same token ids): {"mode", "rows": [[ids]...],
+ * "items": [{"first_row", "n_rows", "correct", "candidates": [[[row, pos,
+ * token], ...], ...]}, ...]}.  path "-" is stdout. */
+int probe_data_dump_json(const probe_data *d, const char *path, ra_error *err);
+
 /* Per-prompt outcome: log-probability of the correct answer, and whether it
  * was the model's choice. */
 typedef struct probe_outcome {
     double logprob;
     uint8_t correct;
 } probe_outcome;
+
+/* Scoring shared by the engines.  For an item, its scored positions are
+ * numbered 0.. in row order (probe_item_n_scored of them) and its targets in
+ * candidate order (cand_start[n_cand] of them).  Given per scored position
+ * the log-sum-exp and the argmax of the logits, and per target the logit of
+ * its token, the item's outcome. */
+int probe_item_n_scored(const probe_data *d, const probe_item *it);
+int probe_item_target_scored(const probe_data *d, const probe_item *it, int target);
+probe_outcome probe_item_outcome(const probe_data *d, const probe_item *it, const double *lse, const int32_t *argmax,
+                                 const float *target_logit);
 
 /* Options of a probe run. */
 typedef struct probe_opts {
@@ -113,11 +129,24 @@ typedef struct probe_exact_result {
 int probe_exact(const ra_forward_backend *be, const ra_model *m, const probe_data *d, const uint8_t *measure,
                 const probe_opts *o, probe_exact_result *r, ra_error *err);
 
+/* probe_exact on a device: the GPU engine for RA_DEVICE_CUDA when the build
+ * has it (kernels/probe_cuda.h; RA_PROBE_GENERIC=1 in the environment forces
+ * the generic engine over the CUDA forward backend), else probe_exact over
+ * the device's forward backend (EX_UNAVAILABLE when there is none). */
+int probe_exact_device(ra_device dev, const ra_model *m, const probe_data *d, const uint8_t *measure,
+                       const probe_opts *o, probe_exact_result *r, ra_error *err);
+
 /* Attribution on the CPU: attr [layers * H] receives, per head, the mean
  * over prompts of Σ_positions (∂ log p(correct) / ∂ head output) · head
  * output.  base (optional, [n_items]) receives the baseline outcomes. */
 int probe_attribution_cpu(const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
                           probe_outcome *base, ra_error *err);
+
+/* Attribution on a device: the GPU engine for RA_DEVICE_CUDA when the build
+ * has it, else the CPU (EX_UNAVAILABLE for cuda on a build or machine
+ * without a GPU). */
+int probe_attribution_device(ra_device dev, const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
+                             probe_outcome *base, ra_error *err);
 
 /* Spearman rank correlation of a and b over n values (average ranks for
  * ties); NaN when either is constant. */

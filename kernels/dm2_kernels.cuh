@@ -1,0 +1,225 @@
+/* DiscreteMamba2 elementwise kernels on the GPU (see kernels/dm2_cuda.h):
+ * the causal depthwise conv with document resets, the decay, the gate and
+ * the one-token decode step.  Kept in a header (after ssd_kernels.cuh) so
+ * tests/unit/test_ssd_sim.cpp runs them on the host simulator too.
+ *
+ * Activations are bf16, the small per-channel parameters (conv w and bias,
+ * D, z_bias) fp32, their gradients fp32 accumulated (+=) like the CPU twins,
+ * every sum in fp32. */
+#ifndef RA_DM2_KERNELS_CUH
+#define RA_DM2_KERNELS_CUH
+
+#define DM2K_K 4         /* conv taps */
+#define DM2K_ROWS 64     /* rows of the conv backward block */
+#define DM2K_THREADS 256 /* 32 channels × 8 row lanes */
+
+__device__ __forceinline__ float dm2k_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+__device__ __forceinline__ float dm2k_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* How many taps back from token t (row bt = b·T + t) stay in t's document:
+ * min(3, t − doc start). */
+__device__ __forceinline__ int dm2k_taps_back(const uint8_t *starts, int64_t bt, int t) {
+    int k = 0;
+    while (k < DM2K_K - 1 && k < t && !(starts && starts[bt - k])) k++;
+    return k;
+}
+
+/* out[bt, c] = bias[c] + Σ_{k ≤ back} w[c, 3 − k] · in[bt − k, c] */
+static __global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int ld_in, const float *w,
+                                     const float *bias, const uint8_t *starts, int B, int T, int C) {
+    const int64_t total = (int64_t)B * T * C;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t bt = i / C;
+        const int c = (int)(i - bt * C), t = (int)(bt % T);
+        const int back = dm2k_taps_back(starts, bt, t);
+        float acc = bias ? bias[c] : 0.0f;
+        for (int k = 0; k <= back; k++) acc += w[c * DM2K_K + DM2K_K - 1 - k] * ssd_bf2f(in[(bt - k) * ld_in + c]);
+        out[bt * ld_out + c] = ssd_f2bf(acc);
+    }
+}
+
+/* grid (ceil(C/32), ceil(B·T/DM2K_ROWS)); thread (tx = channel, ty = row lane).
+ * din[r, c] = Σ_k w[c, 3 − k] · dout[r + k, c] over the outputs r + k that
+ * reach back to r; dw, dbias += the block's sums (one atomicAdd per block). */
+static __global__ void __launch_bounds__(DM2K_THREADS)
+    dm2k_conv_bwd_kernel(bf16 *din, int ld_din, float *dw, float *dbias, const bf16 *dout, int ld_dout,
+                         const bf16 *in, int ld_in, const float *w, const uint8_t *starts, int B, int T, int C) {
+#ifndef SSD_SIM
+    __shared__ float red[8][32][DM2K_K + 1];
+#else
+    float(*red)[32][DM2K_K + 1] = reinterpret_cast<float(*)[32][DM2K_K + 1]>(sim_static_smem<float>(0));
+#endif
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const int c = blockIdx.x * 32 + tx;
+    const int64_t BT = (int64_t)B * T, r0 = (int64_t)blockIdx.y * DM2K_ROWS;
+    float gw[DM2K_K] = {0, 0, 0, 0}, gb = 0.0f;
+    if (c < C) {
+        float wc[DM2K_K];
+        for (int j = 0; j < DM2K_K; j++) wc[j] = w[c * DM2K_K + j];
+        for (int64_t bt = r0 + ty; bt < r0 + DM2K_ROWS && bt < BT; bt += 8) {
+            const int t = (int)(bt % T);
+            /* as an output: the weight and bias gradients */
+            const float g = ssd_bf2f(dout[bt * ld_dout + c]);
+            const int back = dm2k_taps_back(starts, bt, t);
+            gb += g;
+            for (int k = 0; k <= back; k++) gw[DM2K_K - 1 - k] += g * ssd_bf2f(in[(bt - k) * ld_in + c]);
+            /* as an input: outputs t + k that reach back to t */
+            float acc = 0.0f;
+            for (int k = 0; k < DM2K_K && t + k < T; k++) {
+                if (k > 0 && starts && starts[bt + k]) break;
+                acc += wc[DM2K_K - 1 - k] * ssd_bf2f(dout[(bt + k) * ld_dout + c]);
+            }
+            din[bt * ld_din + c] = ssd_f2bf(acc);
+        }
+    }
+    for (int j = 0; j < DM2K_K; j++) red[ty][tx][j] = gw[j];
+    red[ty][tx][DM2K_K] = gb;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        float s[DM2K_K + 1] = {0, 0, 0, 0, 0};
+        for (int k = 0; k < 8; k++)
+            for (int j = 0; j <= DM2K_K; j++) s[j] += red[k][tx][j];
+        for (int j = 0; j < DM2K_K; j++) atomicAdd(&dw[c * DM2K_K + j], s[j]);
+        if (dbias) atomicAdd(&dbias[c], s[DM2K_K]);
+    }
+}
+
+/* a[r, h] = −softplus(A_log[r·ld + h]) */
+static __global__ void dm2k_decay_fwd_kernel(float *a, const bf16 *A_log, int ld, int64_t rows, int H) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * H; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / H;
+        int h = (int)(i - r * H);
+        a[i] = -dm2k_softplus(ssd_bf2f(A_log[r * ld + h]));
+    }
+}
+
+/* dA_log[r·ld_d + h] = da[r, h] · (−sigmoid(A_log)) */
+static __global__ void dm2k_decay_bwd_kernel(bf16 *dA_log, int ld_d, const float *da, const bf16 *A_log, int ld, int64_t rows,
+                                      int H) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * H; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / H;
+        int h = (int)(i - r * H);
+        dA_log[r * ld_d + h] = ssd_f2bf(-da[i] * dm2k_sigmoid(ssd_bf2f(A_log[r * ld + h])));
+    }
+}
+
+/* yg = y · silu(z + z_bias) */
+static __global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 *z, int ld_z, const float *z_bias,
+                                     int64_t rows, int inner) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * inner;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / inner;
+        int c = (int)(i - r * inner);
+        float v = ssd_bf2f(z[r * ld_z + c]) + z_bias[c];
+        yg[i] = ssd_f2bf(ssd_bf2f(y[i]) * v * dm2k_sigmoid(v));
+    }
+}
+
+/* grid (ceil(inner/32), ceil(rows/DM2K_ROWS)), thread (tx = column, ty = row lane):
+ * dy = dyg · silu(v), dz = dyg · y · σ(v)(1 + v(1 − σ(v))), dz_bias += Σ_rows dz. */
+static __global__ void __launch_bounds__(DM2K_THREADS)
+    dm2k_gate_bwd_kernel(bf16 *dy, bf16 *dz, int ld_dz, float *dz_bias, const bf16 *dyg, const bf16 *y,
+                         const bf16 *z, int ld_z, const float *z_bias, int64_t rows, int inner) {
+#ifndef SSD_SIM
+    __shared__ float red[8][32];
+#else
+    float(*red)[32] = reinterpret_cast<float(*)[32]>(sim_static_smem<float>(0));
+#endif
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, c = blockIdx.x * 32 + tx;
+    const int64_t r0 = (int64_t)blockIdx.y * DM2K_ROWS;
+    float sum = 0.0f;
+    if (c < inner) {
+        const float zb = z_bias[c];
+        for (int64_t r = r0 + ty; r < r0 + DM2K_ROWS && r < rows; r += 8) {
+            const int64_t i = r * inner + c;
+            const float v = ssd_bf2f(z[r * ld_z + c]) + zb, sg = dm2k_sigmoid(v), g = ssd_bf2f(dyg[i]);
+            const float gz = g * ssd_bf2f(y[i]) * sg * (1.0f + v * (1.0f - sg));
+            dy[i] = ssd_f2bf(g * v * sg);
+            dz[r * ld_dz + c] = ssd_f2bf(gz);
+            sum += gz;
+        }
+    }
+    red[ty][tx] = sum;
+    __syncthreads();
+    if (ty == 0 && c < inner && dz_bias) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++) s += red[k][tx];
+        atomicAdd(&dz_bias[c], s);
+    }
+}
+
+/* ---- decode ------------------------------------------------------------------------ */
+
+/* One token, every channel of every row: shift the conv state left, append
+ * proj[b, ch] (zero the state first where reset[b]) and convolve.
+ * xbc [B, conv_dim] fp32. */
+static __global__ void dm2k_step_conv_kernel(float *xbc, float *conv_state, const bf16 *proj, int ld_proj, const float *w,
+                                      const float *bias, const uint8_t *reset, int B, int conv_dim) {
+    const int64_t total = (int64_t)B * conv_dim;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int b = (int)(i / conv_dim), ch = (int)(i - (int64_t)b * conv_dim);
+        float *st = conv_state + i * DM2K_K;
+        const bool zero = reset && reset[b];
+        float s[DM2K_K];
+        for (int j = 0; j < DM2K_K - 1; j++) s[j] = zero ? 0.0f : st[j + 1];
+        s[DM2K_K - 1] = ssd_bf2f(proj[(int64_t)b * ld_proj + ch]);
+        float acc = bias[ch];
+        for (int j = 0; j < DM2K_K; j++) {
+            st[j] = s[j];
+            acc += w[ch * DM2K_K + j] * s[j];
+        }
+        xbc[i] = acc;
+    }
+}
+
+/* One block per (b, h): S = α S + x ⊗ B (S zeroed first where reset[b]),
+ * y = S C + D x, yg = y · silu(z + z_bias).  Warp w takes rows p ≡ w (mod 4),
+ * lanes take the state columns n. */
+static __global__ void dm2k_step_ssm_kernel(bf16 *yg, float *ssm, const float *xbc, const bf16 *proj, int ld_proj,
+                                     const float *D, const float *z_bias, const uint8_t *reset, int B, int H, int P,
+                                     int N, int G) {
+    const int bh = blockIdx.x, b = bh / H, h = bh - b * H, g = h / (H / G);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (b >= B) return;
+    const int inner = H * P, conv_dim = inner + 2 * G * N;
+    const float *xr = xbc + (int64_t)b * conv_dim;
+    const float *x = xr + h * P, *Bv = xr + inner + g * N, *Cv = xr + inner + G * N + g * N;
+    const bf16 *pr = proj + (int64_t)b * ld_proj;
+    const float alpha = expf(-dm2k_softplus(ssd_bf2f(pr[conv_dim + inner + h])));
+    const bool zero = reset && reset[b];
+    float *S = ssm + (int64_t)bh * P * N;
+    for (int p = warp; p < P; p += nwarps) {
+        const float xp = x[p];
+        float acc = 0.0f;
+        for (int n = lane; n < N; n += 32) {
+            float s = (zero ? 0.0f : alpha * S[(int64_t)p * N + n]) + xp * Bv[n];
+            S[(int64_t)p * N + n] = s;
+            acc += s * Cv[n];
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(SSD_FULL, acc, o);
+        if (lane == 0) {
+            const float y = acc + D[h] * xp, v = ssd_bf2f(pr[conv_dim + h * P + p]) + z_bias[h * P + p];
+            yg[(int64_t)b * inner + h * P + p] = ssd_f2bf(y * v * dm2k_sigmoid(v));
+        }
+    }
+}
+
+/* After a forward over a prompt: the conv state (last 4 pre-conv inputs of
+ * the row's last document, oldest first, 0 before it) from proj. */
+static __global__ void dm2k_conv_state_kernel(float *conv_state, const bf16 *proj, int ld_proj, const uint8_t *starts, int B,
+                                       int T, int conv_dim) {
+    const int64_t total = (int64_t)B * conv_dim * DM2K_K;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int j = (int)(i % DM2K_K);
+        const int64_t bc = i / DM2K_K;
+        const int b = (int)(bc / conv_dim), ch = (int)(bc - (int64_t)b * conv_dim);
+        const int t = T - DM2K_K + j;
+        bool keep = t >= 0;
+        for (int u = t + 1; keep && u < T; u++) /* a start after t cuts it off */
+            if (starts && starts[(int64_t)b * T + u]) keep = false;
+        conv_state[i] = keep ? ssd_bf2f(proj[((int64_t)b * T + t) * ld_proj + ch]) : 0.0f;
+    }
+}
+
+#endif

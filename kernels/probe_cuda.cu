@@ -1,0 +1,350 @@
+/* ra-probe's exact ablation on the GPU; see kernels/probe_cuda.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "probe_cuda_internal.cuh"
+
+/* ---- kernels ---------------------------------------------------------------- */
+
+/* Per logits row (one block each): log-sum-exp in fp32 and the first index of
+ * the maximum, like the CPU scorer. */
+__global__ void probe_row_stats_kernel(const bf16 *logits, int V, float *lse, int32_t *argmax) {
+    __shared__ float s_val[32];
+    __shared__ int s_idx[32];
+    __shared__ float scratch[32];
+    const bf16 *z = logits + (int64_t)blockIdx.x * V;
+    float best = -INFINITY;
+    int best_i = 0x7fffffff;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float x = __bfloat162float(z[v]);
+        if (x > best) best = x, best_i = v; /* v increases per thread: first max kept */
+    }
+    /* (max, first index) across the block */
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (lane == 0) s_val[warp] = best, s_idx[warp] = best_i;
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < nwarps ? s_val[lane] : -INFINITY;
+        best_i = lane < nwarps ? s_idx[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+            if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
+        }
+        if (lane == 0) s_val[0] = best, s_idx[0] = best_i;
+    }
+    __syncthreads();
+    float mx = s_val[0];
+    float sum = 0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) sum += __expf(__bfloat162float(z[v]) - mx);
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = mx + logf(sum);
+        argmax[blockIdx.x] = s_idx[0];
+    }
+}
+
+__global__ void probe_gather_kernel(const bf16 *logits, const int64_t *idx, float *out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __bfloat162float(logits[idx[i]]);
+}
+
+static void *dalloc(int *rc, ra_error *err, size_t bytes, const char *what) {
+    if (*rc) return NULL;
+    void *p = NULL;
+    *rc = cuda_malloc_try(&p, bytes ? bytes : 1, what, err);
+    return p;
+}
+
+void pc_free(pc_state *s) {
+    if (s->cache_x)
+        for (int l = 0; l < s->L; l++) cuda_free(s->cache_x[l]), cuda_free(s->cache_att[l]);
+    free(s->cache_x), free(s->cache_att);
+    void *d[] = {s->x, s->xn, s->qkv, s->att, s->gu, s->act, s->sel, s->sel_att, s->logits, s->cos_t, s->sin_t, s->lse,
+                 s->tval, s->positions, s->rowidx, s->rows, s->argmax, s->tidx, s->keep};
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cuda_free(d[i]);
+    free(s->h_rowidx), free(s->h_rows), free(s->h_argmax), free(s->h_positions), free(s->h_tidx);
+    free(s->h_lse), free(s->h_tval), free(s->h_keep), free(s->lse_d);
+    cuda_model_free(s->m);
+}
+
+int pc_init(pc_state *s, const ra_model *m, const probe_data *d, int B, ra_error *err) {
+    memset(s, 0, sizeof *s);
+    int rc = cuda_device_init(0, err);
+    if (rc) return rc;
+    if ((rc = cuda_model_upload(m, &s->m, err))) return rc;
+    const hf_config *c = &m->cfg;
+    s->B = B, s->T_max = d->max_tokens, s->L = c->num_layers, s->H = c->num_heads, s->Hkv = c->num_kv_heads;
+    s->hd = c->head_dim, s->D = c->hidden_size, s->I = c->intermediate_size, s->V = c->vocab_size;
+    s->qkvd = (s->H + 2 * s->Hkv) * s->hd;
+    s->S_max = B * d->max_scored_per_row;
+    int max_targets = 1;
+    for (int i = 0; i < d->n_items; i++) {
+        int t = d->items[i].cand_start[d->items[i].n_cand];
+        if (t > max_targets) max_targets = t;
+    }
+    s->NT_max = B * max_targets; /* at most B items per call */
+    size_t n = (size_t)B * s->T_max, D = s->D, qd = (size_t)s->H * s->hd;
+    s->x = (uint16_t *)dalloc(&rc, err, n * D * 2, "the residual stream");
+    s->xn = (uint16_t *)dalloc(&rc, err, n * D * 2, "normed activations");
+    s->qkv = (uint16_t *)dalloc(&rc, err, n * s->qkvd * 2, "q/k/v activations");
+    s->att = (uint16_t *)dalloc(&rc, err, n * qd * 2, "attention outputs");
+    s->gu = (uint16_t *)dalloc(&rc, err, n * 2 * s->I * 2, "gate/up activations");
+    s->act = (uint16_t *)dalloc(&rc, err, n * s->I * 2, "MLP activations");
+    s->sel = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * D * 2, "scored rows");
+    s->sel_att = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * qd * 2, "scored attention rows");
+    s->logits = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * s->V * 2, "logits");
+    s->cos_t = (float *)dalloc(&rc, err, n * (s->hd / 2) * 4, "RoPE tables");
+    s->sin_t = (float *)dalloc(&rc, err, n * (s->hd / 2) * 4, "RoPE tables");
+    s->lse = (float *)dalloc(&rc, err, (size_t)s->S_max * 4, "log-sum-exp");
+    s->argmax = (int32_t *)dalloc(&rc, err, (size_t)s->S_max * 4, "argmax");
+    s->tval = (float *)dalloc(&rc, err, (size_t)s->NT_max * 4, "target logits");
+    s->tidx = (int64_t *)dalloc(&rc, err, (size_t)s->NT_max * 8, "target indexes");
+    s->positions = (int32_t *)dalloc(&rc, err, n * 4, "positions");
+    s->rowidx = (int32_t *)dalloc(&rc, err, n * 4, "row indexes");
+    s->rows = (int32_t *)dalloc(&rc, err, (size_t)s->S_max * 4, "scored rows");
+    s->keep = (uint8_t *)dalloc(&rc, err, (size_t)B * s->H, "head masks");
+    s->cache_x = (uint16_t **)xcalloc((size_t)s->L, sizeof(uint16_t *));
+    s->cache_att = (uint16_t **)xcalloc((size_t)s->L, sizeof(uint16_t *));
+    for (int l = 0; l < s->L; l++) {
+        s->cache_x[l] = (uint16_t *)dalloc(&rc, err, n * D * 2, "the cached residual stream");
+        s->cache_att[l] = (uint16_t *)dalloc(&rc, err, n * qd * 2, "the cached attention outputs");
+    }
+    s->h_rowidx = (int32_t *)xmalloc(n * 4);
+    s->h_positions = (int32_t *)xmalloc(n * 4);
+    s->h_rows = (int32_t *)xmalloc((size_t)s->S_max * 4);
+    s->h_argmax = (int32_t *)xmalloc((size_t)s->S_max * 4);
+    s->h_lse = (float *)xmalloc((size_t)s->S_max * 4);
+    s->lse_d = (double *)xmalloc((size_t)s->S_max * 8);
+    s->h_tidx = (int64_t *)xmalloc((size_t)s->NT_max * 8);
+    s->h_tval = (float *)xmalloc((size_t)s->NT_max * 4);
+    s->h_keep = (uint8_t *)xmalloc((size_t)B * s->H);
+    if (rc) {
+        ra_error_prefix(err, "ra-probe on the GPU (batch %d x %d tokens, %d layers cached): ", B, s->T_max, s->L);
+        pc_free(s);
+    }
+    return rc;
+}
+
+/* ---- layers (the op sequence of kernels/forward_cuda.cu) -------------------- */
+
+void pc_attention_out(pc_state *s, int l, int B, int T, uint16_t *att_out, float *rstd) {
+    const cuda_layer_weights *W = &s->m->layers[l];
+    int n = B * T;
+    cuda_rmsnorm_forward(s->xn, rstd, s->x, W->input_norm, n, s->D, (float)s->m->cfg.rms_norm_eps);
+    cuda_linear_forward(s->qkv, s->xn, W->wqkv, W->bqkv, n, s->D, s->qkvd);
+    cuda_rope_forward_strided(s->qkv, s->qkvd, s->cos_t, s->sin_t, n, s->H + s->Hkv, s->hd);
+    cuda_attention_args a;
+    memset(&a, 0, sizeof a);
+    a.out = att_out, a.out_stride = (int64_t)s->H * s->hd;
+    a.q = s->qkv, a.q_stride = s->qkvd;
+    a.k = s->qkv + (size_t)s->H * s->hd, a.v = s->qkv + (size_t)(s->H + s->Hkv) * s->hd, a.kv_stride = s->qkvd;
+    a.B = B, a.T = T, a.H = s->H, a.Hkv = s->Hkv, a.hd = s->hd;
+    cuda_attention_forward_ex(&a);
+}
+
+void pc_o_proj_and_mlp(pc_state *s, int l, int n, const uint16_t *att) { pc_o_proj_and_mlp_on(s, l, s->x, n, att); }
+
+void pc_o_proj_and_mlp_on(pc_state *s, int l, uint16_t *x, int n, const uint16_t *att) {
+    const cuda_layer_weights *W = &s->m->layers[l];
+    float eps = (float)s->m->cfg.rms_norm_eps;
+    cuda_linear_residual_forward(x, att, W->wo, W->bo, n, s->H * s->hd, s->D);
+    cuda_rmsnorm_forward(s->xn, NULL, x, W->post_norm, n, s->D, eps);
+    cuda_linear_forward(s->gu, s->xn, W->w_gate_up, NULL, n, s->D, 2 * s->I);
+    cuda_swiglu_fused_forward(s->act, s->gu, n, s->I);
+    cuda_linear_residual_forward(x, s->act, W->w_down, NULL, n, s->I, s->D);
+}
+
+/* ---- one call's rows and scoring ------------------------------------------------ */
+
+/* The scored rows (b·T + position) and the target indexes of the units'
+ * rows, uploaded to s->rows and s->tidx; returns the number of scored rows,
+ * *nt the number of targets. */
+static int pc_scored_rows(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, int *nt) {
+    int S = 0, NT = 0, b = 0;
+    for (int k = 0; k < nu; k++) {
+        const probe_item *it = &d->items[u[k].item];
+        int s0 = S;
+        for (int r = 0; r < it->n_rows; r++, b++) {
+            const probe_row *row = &d->rows[it->first_row + r];
+            for (int j = 0; j < row->n_scored; j++) s->h_rows[S++] = b * T + row->n_tokens - row->n_scored + j;
+        }
+        for (int t = 0; t < it->cand_start[it->n_cand]; t++)
+            s->h_tidx[NT++] = (int64_t)(s0 + probe_item_target_scored(d, it, t)) * s->V + it->targets[t].token;
+    }
+    cuda_upload(s->rows, s->h_rows, (size_t)S * 4);
+    cuda_upload(s->tidx, s->h_tidx, (size_t)NT * 8);
+    *nt = NT;
+    return S;
+}
+
+/* s->sel holds the final residual of the S scored rows: final norm, LM
+ * head, statistics and target logits on the GPU, outcomes on the host. */
+static void pc_finish_scores(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int S, int NT,
+                             probe_outcome *out) {
+    cuda_rmsnorm_forward(s->sel, NULL, s->sel, s->m->final_norm, S, s->D, (float)s->m->cfg.rms_norm_eps);
+    cuda_linear_forward(s->logits, s->sel, s->m->lm_head, NULL, S, s->D, s->V);
+    probe_row_stats_kernel<<<S, 256, 0, ra_cuda_stream>>>((const bf16 *)s->logits, s->V, s->lse, s->argmax);
+    CUDA_CHECK_LAST();
+    probe_gather_kernel<<<(NT + 255) / 256, 256, 0, ra_cuda_stream>>>((const bf16 *)s->logits, s->tidx, s->tval, NT);
+    CUDA_CHECK_LAST();
+    cuda_download(s->h_lse, s->lse, (size_t)S * 4);
+    cuda_download(s->h_argmax, s->argmax, (size_t)S * 4);
+    cuda_download(s->h_tval, s->tval, (size_t)NT * 4);
+    for (int i = 0; i < S; i++) s->lse_d[i] = s->h_lse[i];
+    S = NT = 0;
+    for (int k = 0; k < nu; k++) {
+        const probe_item *it = &d->items[u[k].item];
+        out[k] = probe_item_outcome(d, it, s->lse_d + S, s->h_argmax + S, s->h_tval + NT);
+        S += probe_item_n_scored(d, it);
+        NT += it->cand_start[it->n_cand];
+    }
+}
+
+void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, probe_outcome *out) {
+    int NT, S = pc_scored_rows(s, d, u, nu, T, &NT);
+    cuda_gather_rows(s->sel, s->x, s->rows, S, s->D);
+    pc_finish_scores(s, d, u, nu, S, NT, out);
+}
+
+/* The last layer when only the scored rows matter: attention (q/k/v, RoPE,
+ * attention) for every row, as the scored queries need every key and
+ * value, then o_proj and the MLP on the scored rows alone; then scoring. */
+static void pc_last_layer_and_score(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int B, int T,
+                                    probe_outcome *out) {
+    int l = s->L - 1, NT, S = pc_scored_rows(s, d, u, nu, T, &NT);
+    pc_attention_out(s, l, B, T, s->att, NULL);
+    cuda_gather_rows(s->sel, s->x, s->rows, S, s->D);
+    cuda_gather_rows(s->sel_att, s->att, s->rows, S, s->H * s->hd);
+    pc_o_proj_and_mlp_on(s, l, s->sel, S, s->sel_att);
+    pc_finish_scores(s, d, u, nu, S, NT, out);
+}
+
+void pc_rope_tables(pc_state *s, int T) {
+    for (int b = 0; b < s->B; b++)
+        for (int t = 0; t < T; t++) s->h_positions[(size_t)b * T + t] = t;
+    cuda_upload(s->positions, s->h_positions, (size_t)s->B * T * 4);
+    cuda_rope_tables(s->cos_t, s->sin_t, s->positions, s->B * T, s->m->inv_freq, s->hd);
+}
+
+int pc_baseline(pc_state *s, const probe_data *d, int i0, int i1, int T) {
+    int b = 0;
+    for (int i = i0; i < i1; i++)
+        for (int r = 0; r < d->items[i].n_rows; r++, b++) {
+            const probe_row *row = &d->rows[d->items[i].first_row + r];
+            int32_t *t = s->h_rowidx + (size_t)b * T;
+            memcpy(t, row->tokens, (size_t)row->n_tokens * 4);
+            memset(t + row->n_tokens, 0, (size_t)(T - row->n_tokens) * 4);
+        }
+    int n = b * T;
+    cuda_upload(s->rowidx, s->h_rowidx, (size_t)n * 4); /* token ids, through the row-index buffer */
+    cuda_embedding_forward(s->x, s->rowidx, s->m->embed, n, s->D);
+    for (int l = 0; l < s->L; l++) {
+        cuda_copy(s->cache_x[l], s->x, (size_t)n * s->D * 2);
+        pc_attention_out(s, l, b, T, s->cache_att[l], NULL);
+        pc_o_proj_and_mlp(s, l, n, s->cache_att[l]);
+    }
+    return b;
+}
+
+/* ---- the engine ------------------------------------------------------------------ */
+
+extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const uint8_t *measure, const probe_opts *o,
+                                probe_exact_result *res, ra_error *err) {
+    int B = o && o->batch > 0 ? o->batch : 128;
+    if (B < d->max_rows_per_item) B = d->max_rows_per_item;
+    pc_state s;
+    int rc = pc_init(&s, m, d, B, err);
+    if (rc) return rc;
+    int L = s.L, H = s.H, N = d->n_items, D = s.D, qd = s.H * s.hd;
+    double *sum_acc = (double *)xcalloc((size_t)L * H, sizeof(double));
+    double *sum_lp = (double *)xcalloc((size_t)L * H, sizeof(double));
+    int *chunk_slot = (int *)xmalloc((size_t)N * sizeof(int));
+    pc_unit *units = (pc_unit *)xmalloc((size_t)B * H * sizeof(pc_unit));
+    probe_outcome *outs = (probe_outcome *)xmalloc((size_t)B * sizeof(probe_outcome));
+    int64_t done = 0;
+
+    for (int i0 = 0; i0 < N;) {
+        int i1 = i0, rows = 0, T = 0;
+        while (i1 < N && rows + d->items[i1].n_rows <= B) {
+            const probe_item *it = &d->items[i1];
+            chunk_slot[i1] = rows;
+            for (int r = 0; r < it->n_rows; r++)
+                if (d->rows[it->first_row + r].n_tokens > T) T = d->rows[it->first_row + r].n_tokens;
+            rows += it->n_rows;
+            i1++;
+        }
+        pc_rope_tables(&s, T);
+        pc_baseline(&s, d, i0, i1, T);
+        int b = 0, nb = 0;
+        for (int i = i0; i < i1; i++) units[nb++] = (pc_unit){i, -1};
+        pc_score_call(&s, d, units, nb, T, outs);
+        for (int i = i0; i < i1; i++) res->base[i] = outs[i - i0];
+
+        /* ablations, layer by layer, from the cache */
+        for (int l = 0; l < L; l++) {
+            int nu = 0;
+            for (int i = i0; i < i1; i++)
+                for (int h = 0; h < H; h++)
+                    if (!measure || measure[l * H + h]) units[nu++] = (pc_unit){i, h};
+            for (int u0 = 0; u0 < nu;) {
+                int u1 = u0;
+                b = 0;
+                while (u1 < nu && b + d->items[units[u1].item].n_rows <= B) {
+                    const probe_item *it = &d->items[units[u1].item];
+                    for (int r = 0; r < it->n_rows; r++, b++) {
+                        int slot = chunk_slot[units[u1].item] + r;
+                        for (int t = 0; t < T; t++) s.h_rowidx[(size_t)b * T + t] = slot * T + t;
+                        for (int h = 0; h < H; h++) s.h_keep[(size_t)b * H + h] = h != units[u1].head;
+                    }
+                    u1++;
+                }
+                int nc = b * T;
+                cuda_upload(s.rowidx, s.h_rowidx, (size_t)nc * 4);
+                cuda_upload(s.keep, s.h_keep, (size_t)b * H);
+                cuda_gather_rows(s.x, s.cache_x[l], s.rowidx, nc, D);
+                cuda_gather_rows(s.att, s.cache_att[l], s.rowidx, nc, qd);
+                cuda_head_mask_apply(s.att, s.keep, b, T, H, s.hd);
+                pc_o_proj_and_mlp(&s, l, nc, s.att);
+                for (int k = l + 1; k < L - 1; k++) {
+                    pc_attention_out(&s, k, b, T, s.att, NULL);
+                    pc_o_proj_and_mlp(&s, k, nc, s.att);
+                }
+                if (l < L - 1 && !getenv("RA_PROBE_FULL_LAST_LAYER"))
+                    pc_last_layer_and_score(&s, d, units + u0, u1 - u0, b, T, outs);
+                else {
+                    if (l < L - 1) {
+                        pc_attention_out(&s, L - 1, b, T, s.att, NULL);
+                        pc_o_proj_and_mlp(&s, L - 1, nc, s.att);
+                    }
+                    pc_score_call(&s, d, units + u0, u1 - u0, T, outs);
+                }
+                for (int u = u0; u < u1; u++) {
+                    int i = units[u].item, h = units[u].head;
+                    probe_outcome a = outs[u - u0];
+                    sum_acc[l * H + h] += (double)res->base[i].correct - a.correct;
+                    sum_lp[l * H + h] += res->base[i].logprob - a.logprob;
+                    if (res->per_head) res->per_head[((size_t)l * H + h) * N + i] = a;
+                }
+                done += u1 - u0;
+                if (o && o->progress) ra_progress_update(o->progress, done);
+                u0 = u1;
+            }
+        }
+        i0 = i1;
+    }
+    for (int i = 0; i < L * H; i++)
+        if (!measure || measure[i]) {
+            res->acc_drop[i] = (float)(sum_acc[i] / N);
+            res->logprob_drop[i] = (float)(sum_lp[i] / N);
+        }
+    free(sum_acc), free(sum_lp), free(chunk_slot), free(units), free(outs);
+    pc_free(&s);
+    return 0;
+}

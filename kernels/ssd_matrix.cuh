@@ -1,0 +1,331 @@
+/* The materialised SSD mixing matrix on the GPU (stage 1), see
+ * kernels/ssd_cuda.h; kept in a header for the host simulator like
+ * kernels/ssd_kernels.cuh (include that first).
+ *
+ *   T[l,s] = (C_l·B_s) · exp(cum_l − cum_s) + D·[l = s]   for first[l] ≤ s ≤ l, else 0
+ *
+ * cum is the fp64 prefix sum of a over the whole sequence (cum_l − cum_s is
+ * then exact to ~1e-16·|cum|), first[l] the last document start at or before
+ * l.  Plain fp32 FMA in 32×32 tiles (C·B is fp32 here, not a tensor-core
+ * product: T is the stage-1 target of an fp32 loss).
+ *
+ * Backward, with G = C Bᵀ, L the decay mask and dG = dT ∘ L:
+ *   dC = dG B (row kernel), dB = dGᵀ C (column kernel), per head in fp32,
+ *   dP[l] = Σ_s dG∘G [l,s] − Σ_{l'} dG∘G [l',l]  (row sums − column sums)
+ *   da[k] = Σ_{l=k}^{next start − 1} dP[l] (0 at a start), dD = Σ tr(dT). */
+#ifndef RA_SSD_MATRIX_CUH
+#define RA_SSD_MATRIX_CUH
+
+#define SSDM_TILE 32
+#define SSDM_THREADS 256
+#define SSDM_NJ 4 /* 32-wide column groups of N a thread accumulates: N ≤ 128 */
+
+typedef struct ssdm_params {
+    int B, T, H, G, N;
+    const bf16 *Bm, *Cm;
+    const float *a, *D;
+    const uint8_t *starts;
+    const float *dTm;
+    float *Tm;
+    double *cum;     /* [B,T,H] */
+    int *first;      /* [B,T] */
+    float *rowsum;   /* [B,T,H] */
+    float *colsum;   /* [B,T,H] */
+    float *dBf, *dCf; /* [B,T,H,N] per head */
+    float *da, *dD;
+} ssdm_params;
+
+/* cum (one thread per (b, h), sequential in t) and first (threads h = 0). */
+static __global__ void ssdm_prefix_kernel(const ssdm_params p) {
+    const int bh = blockIdx.x * blockDim.x + threadIdx.x;
+    if (bh >= p.B * p.H) return;
+    const int b = bh / p.H, h = bh - b * p.H;
+    double acc = 0.0;
+    int f = -1;
+    for (int t = 0; t < p.T; t++) {
+        const int64_t bt = (int64_t)b * p.T + t;
+        acc += p.a[bt * p.H + h];
+        p.cum[bt * p.H + h] = acc;
+        if (h == 0) {
+            if (p.starts && p.starts[bt]) f = t;
+            p.first[bt] = f;
+        }
+    }
+}
+
+/* Rows r0.. (32 of them) of a [.., N] bf16 block with rows `ld` apart into
+ * s[32][N + 1] as fp32 (zeros past T). */
+__device__ __forceinline__ void ssdm_load(float *s, const bf16 *g, int64_t ld, int r0, int T, int N) {
+    for (int e = threadIdx.x; e < SSDM_TILE * N; e += blockDim.x) {
+        int r = e / N, n = e - r * N;
+        s[r * (N + 1) + n] = r0 + r < T ? ssd_bf2f(g[(int64_t)(r0 + r) * ld + n]) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float ssdm_dot(const float *u, const float *v, int N) {
+    float acc = 0.0f;
+    for (int n = 0; n < N; n++) acc += u[n] * v[n];
+    return acc;
+}
+
+/* L[l,s] for s ≤ l in one (b, h) */
+__device__ __forceinline__ float ssdm_decay(const ssdm_params &p, int b, int h, int l, int s) {
+    const int64_t bl = (int64_t)b * p.T + l, bs = (int64_t)b * p.T + s;
+    if (s > l || s < p.first[bl]) return 0.0f;
+    return expf((float)(p.cum[bl * p.H + h] - p.cum[bs * p.H + h]));
+}
+
+/* grid (nt·nt, B·H): tile (lt, st) of Tm; threads: tx = column s, ty = rows ty + 8k. */
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_forward_kernel(const ssdm_params p) {
+    SSD_DYNAMIC_SMEM(smem);
+    const int nt = (p.T + SSDM_TILE - 1) / SSDM_TILE;
+    const int lt = blockIdx.x / nt, st = blockIdx.x - lt * nt, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
+    const int g = h / (p.H / p.G), tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const int l0 = lt * SSDM_TILE, s0 = st * SSDM_TILE, N = p.N;
+    float *out = p.Tm + (int64_t)bh * p.T * p.T;
+    if (st > lt) { /* above the diagonal */
+        for (int k = 0; k < 4; k++) {
+            int l = l0 + ty + 8 * k, s = s0 + tx;
+            if (l < p.T && s < p.T) out[(int64_t)l * p.T + s] = 0.0f;
+        }
+        return;
+    }
+    float *sC = reinterpret_cast<float *>(smem), *sB = sC + SSDM_TILE * (N + 1);
+    const int64_t ld = (int64_t)p.G * N;
+    ssdm_load(sC, p.Cm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, l0, p.T, N);
+    ssdm_load(sB, p.Bm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, s0, p.T, N);
+    __syncthreads();
+    const int s = s0 + tx;
+    for (int k = 0; k < 4; k++) {
+        const int r = ty + 8 * k, l = l0 + r;
+        if (l >= p.T || s >= p.T) continue;
+        float L = ssdm_decay(p, b, h, l, s);
+        float v = L != 0.0f ? ssdm_dot(sC + r * (N + 1), sB + tx * (N + 1), N) * L : 0.0f;
+        if (l == s && p.D) v += p.D[h];
+        out[(int64_t)l * p.T + s] = v;
+    }
+}
+
+/* grid (nt, B·H): for rows l of tile lt, sweep s-tiles ≤ lt:
+ *   dC_h[l,:] = Σ_s dG[l,s] B_s, rowsum[l] = Σ_s dG[l,s] G[l,s]. */
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_rows_kernel(const ssdm_params p) {
+    SSD_DYNAMIC_SMEM(smem);
+    const int lt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H, g = h / (p.H / p.G);
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, l0 = lt * SSDM_TILE, N = p.N;
+    float *sC = reinterpret_cast<float *>(smem), *sB = sC + SSDM_TILE * (N + 1), *sG = sB + SSDM_TILE * (N + 1);
+    const int64_t ld = (int64_t)p.G * N;
+    const float *dT = p.dTm + (int64_t)bh * p.T * p.T;
+    ssdm_load(sC, p.Cm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, l0, p.T, N);
+    float acc[4][SSDM_NJ], rs[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+#pragma unroll
+        for (int j = 0; j < SSDM_NJ; j++) acc[k][j] = 0.0f;
+    for (int st = 0; st <= lt; st++) {
+        const int s0 = st * SSDM_TILE, s = s0 + tx;
+        __syncthreads(); /* sB, sG of the previous tile are consumed */
+        ssdm_load(sB, p.Bm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, s0, p.T, N);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int r = ty + 8 * k, l = l0 + r;
+            float dg = 0.0f;
+            if (l < p.T && s < p.T) {
+                float L = ssdm_decay(p, b, h, l, s);
+                if (L != 0.0f) {
+                    float G = ssdm_dot(sC + r * (N + 1), sB + tx * (N + 1), N);
+                    dg = dT[(int64_t)l * p.T + s] * L;
+                    rs[k] += dg * G;
+                }
+            }
+            sG[r * (SSDM_TILE + 1) + tx] = dg;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int r = ty + 8 * k;
+#pragma unroll
+            for (int j = 0; j < SSDM_NJ; j++) {
+                const int n = tx + 32 * j;
+                if (n >= N) continue;
+                float v = 0.0f;
+                for (int ss = 0; ss < SSDM_TILE; ss++) v += sG[r * (SSDM_TILE + 1) + ss] * sB[ss * (N + 1) + n];
+                acc[k][j] += v;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int l = l0 + ty + 8 * k;
+        float v = rs[k];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(SSD_FULL, v, o);
+        if (l >= p.T) continue;
+        const int64_t bl = (int64_t)b * p.T + l;
+        if (tx == 0) p.rowsum[bl * p.H + h] = v;
+#pragma unroll
+        for (int j = 0; j < SSDM_NJ; j++) {
+            const int n = tx + 32 * j;
+            if (n < N) p.dCf[(bl * p.H + h) * N + n] = acc[k][j];
+        }
+    }
+}
+
+/* grid (nt, B·H): for columns s of tile st, sweep l-tiles ≥ st:
+ *   dB_h[s,:] = Σ_l dG[l,s] C_l, colsum[s] = Σ_l dG[l,s] G[l,s].
+ * Threads: tx = column s for the tile products (coalesced dTm rows). */
+static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_cols_kernel(const ssdm_params p) {
+    SSD_DYNAMIC_SMEM(smem);
+    const int st = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H, g = h / (p.H / p.G);
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, s0 = st * SSDM_TILE, N = p.N;
+    const int nt = (p.T + SSDM_TILE - 1) / SSDM_TILE;
+    float *sB = reinterpret_cast<float *>(smem), *sC = sB + SSDM_TILE * (N + 1), *sG = sC + SSDM_TILE * (N + 1);
+    float *sCol = sG + SSDM_TILE * (SSDM_TILE + 1); /* [8][32] */
+    const int64_t ld = (int64_t)p.G * N;
+    const float *dT = p.dTm + (int64_t)bh * p.T * p.T;
+    ssdm_load(sB, p.Bm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, s0, p.T, N);
+    float acc[4][SSDM_NJ], cs = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+#pragma unroll
+        for (int j = 0; j < SSDM_NJ; j++) acc[k][j] = 0.0f;
+    const int s = s0 + tx;
+    for (int lt = st; lt < nt; lt++) {
+        const int l0 = lt * SSDM_TILE;
+        __syncthreads();
+        ssdm_load(sC, p.Cm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, l0, p.T, N);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 4; k++) { /* row r = l − l0, column tx = s − s0 */
+            const int r = ty + 8 * k, l = l0 + r;
+            float dg = 0.0f;
+            if (l < p.T && s < p.T) {
+                float L = ssdm_decay(p, b, h, l, s);
+                if (L != 0.0f) {
+                    float G = ssdm_dot(sC + r * (N + 1), sB + tx * (N + 1), N);
+                    dg = dT[(int64_t)l * p.T + s] * L;
+                    cs += dg * G;
+                }
+            }
+            sG[r * (SSDM_TILE + 1) + tx] = dg;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 4; k++) { /* output row = column s0 + ty + 8k */
+            const int c = ty + 8 * k;
+#pragma unroll
+            for (int j = 0; j < SSDM_NJ; j++) {
+                const int n = tx + 32 * j;
+                if (n >= N) continue;
+                float v = 0.0f;
+                for (int rr = 0; rr < SSDM_TILE; rr++) v += sG[rr * (SSDM_TILE + 1) + c] * sC[rr * (N + 1) + n];
+                acc[k][j] += v;
+            }
+        }
+    }
+    sCol[ty * 32 + tx] = cs;
+    __syncthreads();
+    if (ty == 0 && s < p.T) {
+        float v = 0.0f;
+        for (int k = 0; k < 8; k++) v += sCol[k * 32 + tx];
+        p.colsum[((int64_t)b * p.T + s) * p.H + h] = v;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int ss = s0 + ty + 8 * k;
+        if (ss >= p.T) continue;
+        const int64_t bs = (int64_t)b * p.T + ss;
+#pragma unroll
+        for (int j = 0; j < SSDM_NJ; j++) {
+            const int n = tx + 32 * j;
+            if (n < N) p.dBf[(bs * p.H + h) * N + n] = acc[k][j];
+        }
+    }
+}
+
+/* da by a segmented suffix sum of dP = rowsum − colsum (one thread per (b, h)). */
+static __global__ void ssdm_da_kernel(const ssdm_params p) {
+    const int bh = blockIdx.x * blockDim.x + threadIdx.x;
+    if (bh >= p.B * p.H) return;
+    const int b = bh / p.H, h = bh - b * p.H;
+    double seg = 0.0;
+    for (int t = p.T - 1; t >= 0; t--) {
+        const int64_t bt = (int64_t)b * p.T + t, i = bt * p.H + h;
+        seg += (double)p.rowsum[i] - p.colsum[i];
+        bool start = p.starts && p.starts[bt];
+        p.da[i] = start ? 0.0f : (float)seg;
+        if (start) seg = 0.0;
+    }
+}
+
+/* dD[h] = Σ_b tr(dTm[b,h]) (one block per head). */
+static __global__ void ssdm_dD_kernel(const ssdm_params p) {
+#ifndef SSD_SIM
+    __shared__ float scratch[32];
+#else
+    float *scratch = sim_static_smem<float>(32);
+#endif
+    const int h = blockIdx.x;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < p.B * p.T; i += blockDim.x) {
+        int b = i / p.T, l = i - b * p.T;
+        v += p.dTm[(((int64_t)b * p.H + h) * p.T + l) * p.T + l];
+    }
+    v = ssd_block_sum(v, scratch);
+    if (threadIdx.x == 0) p.dD[h] = v;
+}
+
+static inline size_t ssdm_setup(ssdm_params *p, int B, int T, int H, int G, int N, int backward, void *ws) {
+    memset(p, 0, sizeof *p);
+    p->B = B, p->T = T, p->H = H, p->G = G, p->N = N;
+    const size_t BT = (size_t)B * T;
+    char *base = (char *)ws;
+    size_t off = 0;
+#define SSDM_CARVE(field, type, count)                        \
+    do {                                                      \
+        if (base) p->field = (type *)(base + off);            \
+        off += ssd_align256(sizeof(type) * (size_t)(count));  \
+    } while (0)
+    SSDM_CARVE(cum, double, BT * H);
+    SSDM_CARVE(first, int, BT);
+    if (backward) {
+        SSDM_CARVE(rowsum, float, BT * H);
+        SSDM_CARVE(colsum, float, BT * H);
+        SSDM_CARVE(dBf, float, BT * H * N);
+        SSDM_CARVE(dCf, float, BT * H * N);
+    }
+#undef SSDM_CARVE
+    return off;
+}
+
+static inline size_t ssdm_smem_bytes(int N) {
+    return sizeof(float) * ((size_t)2 * SSDM_TILE * (N + 1) + SSDM_TILE * (SSDM_TILE + 1) + 8 * 32);
+}
+
+static inline void ssdm_run_prefix(const ssdm_params &p) {
+    int n = p.B * p.H;
+    SSD_LAUNCH(ssdm_prefix_kernel, (n + 127) / 128, 1, 128, 0, p);
+}
+
+static inline void ssdm_run_forward(const ssdm_params &p) {
+    const int nt = (p.T + SSDM_TILE - 1) / SSDM_TILE;
+    ssdm_run_prefix(p);
+    SSD_LAUNCH(ssdm_forward_kernel, (unsigned)nt * nt, p.B * p.H, SSDM_THREADS, ssdm_smem_bytes(p.N), p);
+}
+
+/* dBm, dCm: bf16 [B,T,G,N] outputs. */
+static inline void ssdm_run_backward(const ssdm_params &p, bf16 *dBm, bf16 *dCm) {
+    const int nt = (p.T + SSDM_TILE - 1) / SSDM_TILE;
+    ssdm_run_prefix(p);
+    SSD_LAUNCH(ssdm_rows_kernel, nt, p.B * p.H, SSDM_THREADS, ssdm_smem_bytes(p.N), p);
+    SSD_LAUNCH(ssdm_cols_kernel, nt, p.B * p.H, SSDM_THREADS, ssdm_smem_bytes(p.N), p);
+    int n = p.B * p.H;
+    SSD_LAUNCH(ssdm_da_kernel, (n + 127) / 128, 1, 128, 0, p);
+    if (p.dD) SSD_LAUNCH(ssdm_dD_kernel, p.H, 1, SSDM_THREADS, 0, p);
+    int64_t BT = (int64_t)p.B * p.T, total = BT * p.G * p.N;
+    unsigned blocks = (unsigned)((total + 255) / 256 < 65535 * 8 ? (total + 255) / 256 : 65535 * 8);
+    SSD_LAUNCH(ssd_reduce_heads_kernel, blocks, 1, 256, 0, dBm, p.dBf, BT, p.H, p.G, p.N);
+    SSD_LAUNCH(ssd_reduce_heads_kernel, blocks, 1, 256, 0, dCm, p.dCf, BT, p.H, p.G, p.N);
+}
+
+#endif

@@ -1,0 +1,228 @@
+/* ra-probe's GPU engine (kernels/probe_cuda.h) on tiny random models:
+ *  - every head's ablated outcome == a plain forward on the GPU (the CUDA
+ *    forward backend) of a model copy with that head's o_proj columns
+ *    zeroed, per prompt (bf16 on both sides, so within bf16 noise);
+ *  - the drops agree with the CPU engine in fp32 within bf16 noise;
+ *  - deterministic from run to run;
+ *  - GPU attribution agrees with the CPU attribution. */
+#include "forward.h"
+#include "ops_cuda.h"
+#include "probe.h"
+#include "probe_cuda.h"
+#include "test.h"
+
+static hf_config tiny_config(int variant) {
+    hf_config c;
+    memset(&c, 0, sizeof c);
+    strcpy(c.model_type, variant == 1 ? "qwen2" : "llama");
+    c.hidden_size = 128;
+    c.intermediate_size = 256;
+    c.num_layers = 3;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 32;
+    c.vocab_size = 300;
+    c.max_position_embeddings = 256;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 10000.0;
+    c.tie_word_embeddings = variant == 1;
+    c.qkv_bias = variant == 1;
+    c.bos_token_id = -1;
+    return c;
+}
+
+static ra_model *tiny_model(int variant, uint64_t seed) {
+    hf_config c = tiny_config(variant);
+    ra_model *m;
+    ra_error err = {0};
+    if (ra_model_alloc(&c, &m, &err)) {
+        printf("# ra_model_alloc: %s\n", err.msg);
+        exit(1);
+    }
+    test_seed(seed);
+    ra_model_tensor *t;
+    int n = ra_model_tensor_list(m, &t);
+    for (int i = 0; i < n; i++) {
+        int64_t numel = t[i].shape[0] * (t[i].ndim == 2 ? t[i].shape[1] : 1);
+        float *w = *t[i].data;
+        int is_norm = strstr(t[i].name, "norm") != NULL, is_bias = strstr(t[i].name, "bias") != NULL;
+        int is_embed = strstr(t[i].name, "embed") != NULL || strstr(t[i].name, "lm_head") != NULL;
+        for (int64_t j = 0; j < numel; j++) {
+            float r = test_randf();
+            w[j] = is_norm ? 1.0f + 0.2f * r : is_bias ? 0.1f * r : is_embed ? r : 0.15f * r;
+        }
+    }
+    free(t);
+    return m;
+}
+
+static ra_model *copy_model(const ra_model *m) {
+    ra_model *c;
+    ra_error err = {0};
+    ra_model_alloc(&m->cfg, &c, &err);
+    ra_model_tensor *a, *b;
+    int n = ra_model_tensor_list((ra_model *)m, &a);
+    ra_model_tensor_list(c, &b);
+    for (int i = 0; i < n; i++)
+        memcpy(*b[i].data, *a[i].data, (size_t)(a[i].shape[0] * (a[i].ndim == 2 ? a[i].shape[1] : 1)) * sizeof(float));
+    free(a);
+    free(b);
+    return c;
+}
+
+static void zero_head(ra_model *m, int l, int h) {
+    int D = m->cfg.hidden_size, H = m->cfg.num_heads, hd = m->cfg.head_dim;
+    for (int i = 0; i < D; i++) memset(m->layers[l].wo + (size_t)i * H * hd + h * hd, 0, hd * sizeof(float));
+}
+
+/* Prompts of 20..60 random tokens; choice candidates of 1..3 tokens from a
+ * small alphabet (shared prefixes, several rows per prompt). */
+static void random_data(probe_data *d, probe_score_mode mode, int items, int K, int V, uint64_t seed) {
+    memset(d, 0, sizeof *d);
+    d->mode = mode;
+    test_seed(seed);
+    for (int i = 0; i < items; i++) {
+        int32_t prompt[64], cand_tok[8][3];
+        int n = 20 + (int)(test_rand_u64() % 41), len[8];
+        for (int t = 0; t < n; t++) prompt[t] = (int32_t)(test_rand_u64() % V);
+        int nc = mode == PROBE_SCORE_CHOICE ? K : 1;
+        for (int c = 0; c < nc; c++) {
+            int dup;
+            do {
+                len[c] = 1 + (int)(test_rand_u64() % 3);
+                for (int j = 0; j < len[c]; j++) cand_tok[c][j] = (int32_t)(test_rand_u64() % 5);
+                dup = 0;
+                for (int e = 0; e < c; e++)
+                    dup |= len[e] == len[c] && memcmp(cand_tok[e], cand_tok[c], len[c] * sizeof(int32_t)) == 0;
+            } while (dup);
+        }
+        const int32_t *cp[8];
+        for (int c = 0; c < nc; c++) cp[c] = cand_tok[c];
+        probe_data_add(d, prompt, n, nc, cp, len, mode == PROBE_SCORE_CHOICE ? (int)(test_rand_u64() % K) : 0);
+    }
+}
+
+typedef struct run_out {
+    probe_outcome *base, *per_head;
+    float *acc, *lp;
+} run_out;
+
+static run_out run_engine(const ra_model *m, const probe_data *d, int batch, int gpu) {
+    int LH = m->cfg.num_layers * m->cfg.num_heads, N = d->n_items;
+    run_out r = {calloc(N, sizeof(probe_outcome)), calloc((size_t)LH * N, sizeof(probe_outcome)),
+                 calloc(LH, sizeof(float)), calloc(LH, sizeof(float))};
+    probe_exact_result res = {r.base, r.per_head, r.acc, r.lp};
+    probe_opts o = {batch, NULL};
+    ra_error err = {0};
+    int rc = gpu ? probe_exact_cuda(m, d, NULL, &o, &res, &err)
+                 : probe_exact(&ra_forward_backend_cpu, m, d, NULL, &o, &res, &err);
+    EXPECT_MSG(rc == 0, "engine: %s", err.msg);
+    return r;
+}
+
+static void run_free(run_out *r) { free(r->base), free(r->per_head), free(r->acc), free(r->lp); }
+
+static void gpu_equals_zeroed_o_proj(int variant, probe_score_mode mode, int batch) {
+    ra_model *m = tiny_model(variant, 10 + variant);
+    int L = m->cfg.num_layers, H = m->cfg.num_heads, N;
+    probe_data d;
+    random_data(&d, mode, 12, 6, m->cfg.vocab_size, 20 + variant);
+    N = d.n_items;
+    run_out g = run_engine(m, &d, batch, 1);
+    const ra_forward_backend *be;
+    ra_error err = {0};
+    EXPECT_EQ_INT(ra_forward_backend_get(RA_DEVICE_CUDA, &be, &err), 0);
+    probe_outcome *ref = calloc(N, sizeof *ref);
+    probe_opts o = {batch, NULL};
+    EXPECT_EQ_INT(probe_eval(be, m, &d, NULL, &o, ref, &err), 0);
+    double max_d = 0;
+    int flips = 0;
+    for (int i = 0; i < N; i++) {
+        max_d = fmax(max_d, fabs(g.base[i].logprob - ref[i].logprob));
+        flips += g.base[i].correct != ref[i].correct;
+    }
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < H; h++) {
+            ra_model *z = copy_model(m);
+            zero_head(z, l, h);
+            EXPECT_EQ_INT(probe_eval(be, z, &d, NULL, &o, ref, &err), 0);
+            for (int i = 0; i < N; i++) {
+                probe_outcome e = g.per_head[((size_t)l * H + h) * N + i];
+                max_d = fmax(max_d, fabs(e.logprob - ref[i].logprob));
+                flips += e.correct != ref[i].correct;
+            }
+            ra_model_free(z);
+        }
+    printf("# variant %d mode %d batch %d: max |logprob - zeroed o_proj forward| %.3g, %d correctness flips of %d\n",
+           variant, mode, batch, max_d, flips, N * (L * H + 1));
+    EXPECT(max_d < 0.05);
+    EXPECT(flips <= (N * (L * H + 1)) / 50); /* near-ties only */
+    free(ref);
+    run_free(&g);
+    probe_data_free(&d);
+    ra_model_free(m);
+}
+
+TEST(gpu_engine_equals_zeroed_o_proj_choice) { gpu_equals_zeroed_o_proj(0, PROBE_SCORE_CHOICE, 16); }
+TEST(gpu_engine_equals_zeroed_o_proj_last_token_qwen) { gpu_equals_zeroed_o_proj(1, PROBE_SCORE_LAST_TOKEN, 5); }
+
+TEST(gpu_engine_matches_cpu_engine_and_is_deterministic) {
+    ra_model *m = tiny_model(0, 30);
+    int LH = m->cfg.num_layers * m->cfg.num_heads;
+    probe_data d;
+    random_data(&d, PROBE_SCORE_CHOICE, 16, 6, m->cfg.vocab_size, 31);
+    run_out g1 = run_engine(m, &d, 24, 1), g2 = run_engine(m, &d, 24, 1), c = run_engine(m, &d, 24, 0);
+    EXPECT(memcmp(g1.lp, g2.lp, LH * sizeof(float)) == 0 && memcmp(g1.acc, g2.acc, LH * sizeof(float)) == 0);
+    double max_lp = 0;
+    for (int i = 0; i < LH; i++) max_lp = fmax(max_lp, fabs(g1.lp[i] - c.lp[i]));
+    printf("# max |logprob_drop gpu (bf16) - cpu (fp32)| = %.3g\n", max_lp);
+    EXPECT(max_lp < 0.15); /* bf16 weights and activations against fp32 */
+    run_free(&g1), run_free(&g2), run_free(&c);
+    probe_data_free(&d);
+    ra_model_free(m);
+}
+
+/* GPU attribution (bf16 forward, fp32 gradients through bf16 GEMMs) against
+ * the CPU one (fp32, checked against finite differences in test_probe). */
+static void gpu_attribution_matches_cpu(int variant, probe_score_mode mode) {
+    ra_model *m = tiny_model(variant, 40 + variant);
+    int LH = m->cfg.num_layers * m->cfg.num_heads, N;
+    probe_data d;
+    random_data(&d, mode, 12, 6, m->cfg.vocab_size, 41 + variant);
+    N = d.n_items;
+    float *ag = calloc(LH, sizeof(float)), *ac = calloc(LH, sizeof(float));
+    probe_outcome *bg = calloc(N, sizeof *bg), *bc = calloc(N, sizeof *bc);
+    probe_opts o = {7, NULL};
+    ra_error err = {0};
+    EXPECT_MSG(probe_attribution_cuda(m, &d, &o, ag, bg, &err) == 0, "%s", err.msg);
+    EXPECT_EQ_INT(probe_attribution_cpu(m, &d, &o, ac, bc, &err), 0);
+    double mx = 0, md = 0;
+    for (int i = 0; i < LH; i++) mx = fmax(mx, fabs(ac[i])), md = fmax(md, fabs(ag[i] - ac[i]));
+    double rho = probe_spearman(ag, ac, LH);
+    printf("# variant %d: attribution max |cpu| %.3g, max |gpu - cpu| %.3g, Spearman %.4f\n", variant, mx, md, rho);
+    EXPECT(mx > 1e-3);
+    EXPECT(md <= 0.05 * mx);
+    EXPECT(rho >= 0.95);
+    /* baseline log-probs of -20..-60: bf16 against fp32, about 1% */
+    for (int i = 0; i < N; i++) EXPECT_NEAR(bg[i].logprob, bc[i].logprob, 0.05 + 0.015 * fabs(bc[i].logprob));
+    free(ag), free(ac), free(bg), free(bc);
+    probe_data_free(&d);
+    ra_model_free(m);
+}
+
+TEST(gpu_attribution_matches_cpu_choice) { gpu_attribution_matches_cpu(0, PROBE_SCORE_CHOICE); }
+TEST(gpu_attribution_matches_cpu_last_token_qwen) { gpu_attribution_matches_cpu(1, PROBE_SCORE_LAST_TOKEN); }
+
+int main(void) {
+    ra_error err = {0, ""};
+    if (cuda_device_init(0, &err)) {
+        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
+        return 1;
+    }
+    RUN(gpu_engine_equals_zeroed_o_proj_choice);
+    RUN(gpu_engine_equals_zeroed_o_proj_last_token_qwen);
+    RUN(gpu_engine_matches_cpu_engine_and_is_deterministic);
+    RUN(gpu_attribution_matches_cpu_choice);
+    RUN(gpu_attribution_matches_cpu_last_token_qwen);
+    return test_summary();
+}
