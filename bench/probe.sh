@@ -19,6 +19,8 @@ TORCH_HEADS=${TORCH_HEADS:-0}
 OUT=${OUT:-/tmp/ra-bench-probe}
 mkdir -p "$OUT" bench/results
 export PYTHONUNBUFFERED=1
+# the GPU machine lacks the -dev packages: use .deps (tests/gpu/pack-deps.sh) when it is there
+[ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ] && DEPS_PREFIX=$PWD/.deps
 [ -x bin/ra-probe ] && [ -x bin/ra-rank ] || make -s -j"$(nproc)" ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX} \
     bin/ra-probe bin/ra-rank || { echo "bench: build failed"; exit 1; }
 
@@ -28,7 +30,10 @@ if [ ! -f "$T/model.safetensors" ]; then
 fi
 cp tests/fixtures/tokenizers/llama3-style/* "$T/"
 
-common=(-m "$T" --pairs "$PAIRS" --samples "$SAMPLES" --device cuda --batch "$BATCH")
+# keys: the system word list when there is one, else the 5000-word fixture
+WORDS=${WORDS:-/usr/share/dict/words}
+[ -r "$WORDS" ] || WORDS=tests/fixtures/words.txt
+common=(-m "$T" --pairs "$PAIRS" --samples "$SAMPLES" --device cuda --batch "$BATCH" --words "$WORDS")
 echo "== ra-probe exact"
 bin/ra-probe "${common[@]}" --dump-tokens "$OUT/tokens.json" -o "$OUT/exact.ra" 2>"$OUT/exact.log"; ex_rc=$?
 tr '\r' '\n' <"$OUT/exact.log" | grep -v '^ra-probe: exact: [0-9]' | tail -n 5

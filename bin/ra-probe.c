@@ -131,6 +131,7 @@ static int cmp_desc_idx(const void *a, const void *b) {
     return (i > j) - (i < j);
 }
 static void top_m(const float *v, int n, int m, uint8_t *mask) {
+    if (n <= 0) return;
     int *idx = xmalloc((size_t)n * sizeof(int));
     for (int i = 0; i < n; i++) idx[i] = i;
     top_keys = v;

@@ -127,6 +127,7 @@ static int cmp_heads(const void *pa, const void *pb, void *ctx) {
 static int select_heads(const rank_opts *o, const ra_scores *s, const int *order, uint8_t *keep) {
     int all = s->shape.layers * s->shape.heads, kept = 0;
     rank_ctx c = {s, o->by_logprob};
+    if (all <= 0) return 0;
     memset(keep, 0, (size_t)all);
     if (o->mode == SEL_THRESHOLD) {
         for (int i = 0; i < all; i++)

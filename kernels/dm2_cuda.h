@@ -96,6 +96,59 @@ void cuda_dm2_step(uint16_t *out, cuda_dm2_cache *c, const cuda_dm2_params *p, c
 void cuda_dm2_conv_state_from_prompt(float *conv_state, const uint16_t *proj, int ld, const uint8_t *starts, int B,
                                      int T, int conv_dim);
 
+/* ---- the whole mixer (twin of dm2_forward / dm2_backward / dm2_prefill) ----
+ * in_proj and out_proj through cuBLAS(Lt) with bf16 operands; proj, the conv
+ * outputs, y and yg stored bf16, a fp32; the SSD core of kernels/ssd_cuda.h. */
+
+/* Saved activations, backward workspace and the SSD workspace for a [B, T]
+ * batch (device); NULL with *err filled on a bad config, B or T < 1, a head
+ * shape the SSD kernels do not take, or too little GPU memory. */
+typedef struct cuda_dm2_acts {
+    int B, T;
+    dm2_config cfg;
+    uint16_t *proj, *x, *Bm, *Cm, *y, *yg;     /* bf16, shapes as dm2_acts */
+    float *a;                                  /* [B,T,Hs] */
+    uint16_t *dproj, *dx, *dBm, *dCm, *dy, *dyg;
+    float *da, *dD;
+    void *ws; /* cuda_ssd_chunked_workspace_bytes(backward) */
+} cuda_dm2_acts;
+
+cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cfg, ra_error *err);
+void cuda_dm2_acts_free(cuda_dm2_acts *s);
+
+/* fp32 gradients of every parameter, in the layout of dm2_params (one
+ * block, same order: download `memory` into a dm2_params block with one
+ * copy of dm2_param_count floats).  Zeroed by cuda_dm2_grads_alloc. */
+typedef struct cuda_dm2_grads {
+    float *in_proj_w, *conv_w, *conv_b, *D, *z_bias, *out_proj_w;
+    float *memory;
+} cuda_dm2_grads;
+void cuda_dm2_grads_alloc(cuda_dm2_grads *g, const dm2_config *cfg);
+void cuda_dm2_grads_free(cuda_dm2_grads *g);
+
+/* u [B,T,D] bf16 → out [B,T,dm2_out_dim] bf16; final_state (optional) fp32
+ * [B,Hs,P,N]; starts (optional) device [B,T].  The config's has_out_proj
+ * must match p->out_proj_w != NULL. */
+void cuda_dm2_forward(uint16_t *out, float *final_state, cuda_dm2_acts *s, const cuda_dm2_params *p,
+                      const uint16_t *u, const uint8_t *starts);
+/* Given dout, accumulates into every gradient of g and into du (optional,
+ * bf16 [B,T,D], +=).  u and starts must be those of the forward. */
+void cuda_dm2_backward(cuda_dm2_grads *g, uint16_t *du, const uint16_t *dout, cuda_dm2_acts *s,
+                       const cuda_dm2_params *p, const uint16_t *u, const uint8_t *starts);
+
+/* Stage 1: the mixing matrix of every head, Tm fp32 [B,Hs,T,T], and its
+ * backward (accumulates into g and du; only in_proj's B, C, A_log rows, the
+ * B, C conv channels and D receive gradient). */
+void cuda_dm2_matrix_forward(float *Tm, cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *u,
+                             const uint8_t *starts);
+void cuda_dm2_matrix_backward(cuda_dm2_grads *g, uint16_t *du, const float *dTm, cuda_dm2_acts *s,
+                              const cuda_dm2_params *p, const uint16_t *u, const uint8_t *starts);
+
+/* Forward over a prompt batch that also leaves in c the SSM and conv states
+ * after its last token (c->B == s->B), as dm2_prefill. */
+void cuda_dm2_prefill(uint16_t *out, cuda_dm2_acts *s, cuda_dm2_cache *c, const cuda_dm2_params *p, const uint16_t *u,
+                      const uint8_t *starts);
+
 #ifdef __cplusplus
 }
 #endif

@@ -94,7 +94,7 @@ __device__ __forceinline__ void fa_load_kv(bf16 *sK, bf16 *sV, const bf16 *kb, c
 }
 
 template <int HD>
-__global__ void __launch_bounds__(FA_THREADS) flash_attention_kernel(const fa_params p) {
+__global__ void __launch_bounds__(FA_THREADS, HD <= 64 ? 4 : 2) flash_attention_kernel(const fa_params p) {
     constexpr int LD = HD + 8; /* padded rows: 16-byte aligned, ldmatrix conflict-free */
     constexpr int NT = FA_BC / 8; /* 8-key tiles of S per warp */
     constexpr int DT = HD / 8;    /* 8-dim tiles of O per warp */

@@ -98,6 +98,8 @@ __device__ __forceinline__ uint32_t ssd_pack2(float lo, float hi) {
 __device__ __forceinline__ float ssd_bf2f(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ bf16 ssd_f2bf(float v) { return __float2bfloat16(v); }
 __device__ __forceinline__ float ssd_exp(float v) { return __expf(v); }
+__device__ __forceinline__ uint4 ssd_ldg16(const bf16 *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
+__device__ __forceinline__ float4 ssd_ldg_f4(const float *p) { return __ldg(reinterpret_cast<const float4 *>(p)); }
 #endif
 
 /* ---- fragments --------------------------------------------------------------
@@ -208,7 +210,12 @@ __device__ __forceinline__ float ssd_w(const float *sP, const int *sF, int last,
 }
 
 /* ---- tiles --------------------------------------------------------------------
- * rows × COLS bf16 into s (row stride COLS + SSD_PAD) from global rows ld_g
+ * Global → shared copies keep SSD_BATCH loads per thread in flight (all
+ * loads of a batch are issued before any store), since one dependent load
+ * per iteration would leave the block waiting on memory latency. */
+#define SSD_BATCH 8
+
+/* rows × COLS bf16 into s (row stride COLS + SSD_PAD) from global rows ld_g
  * apart; rows ≥ rows_valid and columns ≥ cols_valid are zero.  With scale,
  * row r is multiplied by scale[r] (in fp32, then rounded). */
 template <int COLS>
@@ -216,22 +223,44 @@ __device__ __forceinline__ void ssd_load_rows(bf16 *s, const bf16 *g, int64_t ld
                                               int cols_valid, const float *scale = nullptr) {
     constexpr int LD = COLS + SSD_PAD, CV = COLS / 8;
     const bool vec = (cols_valid & 7) == 0 && (ld_g & 7) == 0 && (((uintptr_t)g) & 15) == 0;
-    if (vec && !scale) {
-        for (int e = threadIdx.x; e < rows * CV; e += blockDim.x) {
-            int r = e / CV, cv = e - r * CV;
-            uint4 val = make_uint4(0, 0, 0, 0);
-            if (r < rows_valid && cv * 8 < cols_valid) val = *reinterpret_cast<const uint4 *>(g + r * ld_g + cv * 8);
-            *reinterpret_cast<uint4 *>(s + r * LD + cv * 8) = val;
+    if (vec) {
+        const int total = rows * CV;
+        for (int e0 = threadIdx.x; e0 < total; e0 += SSD_BATCH * blockDim.x) {
+            uint4 v[SSD_BATCH];
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / CV, cv = e - r * CV;
+                v[k] = make_uint4(0, 0, 0, 0);
+                if (e < total && r < rows_valid && cv * 8 < cols_valid) v[k] = ssd_ldg16(g + r * ld_g + cv * 8);
+            }
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / CV, cv = e - r * CV;
+                if (e >= total) break;
+                if (scale) {
+                    bf16 *h8 = reinterpret_cast<bf16 *>(&v[k]);
+                    const float f = scale[r];
+#pragma unroll
+                    for (int q = 0; q < 8; q++) h8[q] = ssd_f2bf(ssd_bf2f(h8[q]) * f);
+                }
+                *reinterpret_cast<uint4 *>(s + r * LD + cv * 8) = v[k];
+            }
         }
     } else {
-        for (int e = threadIdx.x; e < rows * COLS; e += blockDim.x) {
-            int r = e / COLS, col = e - r * COLS;
-            float v = 0.0f;
-            if (r < rows_valid && col < cols_valid) {
-                v = ssd_bf2f(g[r * ld_g + col]);
-                if (scale) v *= scale[r];
+        const int total = rows * COLS;
+        for (int e0 = threadIdx.x; e0 < total; e0 += SSD_BATCH * blockDim.x) {
+            float v[SSD_BATCH];
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / COLS, col = e - r * COLS;
+                v[k] = e < total && r < rows_valid && col < cols_valid ? ssd_bf2f(g[r * ld_g + col]) : 0.0f;
             }
-            s[r * LD + col] = ssd_f2bf(v);
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / COLS, col = e - r * COLS;
+                if (e >= total) break;
+                s[r * LD + col] = ssd_f2bf(scale ? v[k] * scale[r] : v[k]);
+            }
         }
     }
 }
@@ -240,9 +269,40 @@ __device__ __forceinline__ void ssd_load_rows(bf16 *s, const bf16 *g, int64_t ld
 template <int PP, int NP>
 __device__ __forceinline__ void ssd_load_state(bf16 *s, const float *g, int P, int N) {
     constexpr int LD = NP + SSD_PAD;
-    for (int e = threadIdx.x; e < PP * NP; e += blockDim.x) {
-        int r = e / NP, col = e - r * NP;
-        s[r * LD + col] = ssd_f2bf(r < P && col < N ? g[(int64_t)r * N + col] : 0.0f);
+    if ((N & 3) == 0 && (((uintptr_t)g) & 15) == 0) {
+        constexpr int CV = NP / 4, total = PP * CV;
+        for (int e0 = threadIdx.x; e0 < total; e0 += SSD_BATCH * blockDim.x) {
+            float4 v[SSD_BATCH];
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / CV, c4 = e - r * CV;
+                v[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (e < total && r < P && c4 * 4 < N) v[k] = ssd_ldg_f4(g + (int64_t)r * N + c4 * 4);
+            }
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / CV, c4 = e - r * CV;
+                if (e >= total) break;
+                *reinterpret_cast<uint2 *>(s + r * LD + c4 * 4) =
+                    make_uint2(ssd_pack2(v[k].x, v[k].y), ssd_pack2(v[k].z, v[k].w));
+            }
+        }
+    } else {
+        constexpr int total = PP * NP;
+        for (int e0 = threadIdx.x; e0 < total; e0 += SSD_BATCH * blockDim.x) {
+            float v[SSD_BATCH];
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / NP, col = e - r * NP;
+                v[k] = e < total && r < P && col < N ? g[(int64_t)r * N + col] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) {
+                const int e = e0 + k * blockDim.x, r = e / NP, col = e - r * NP;
+                if (e >= total) break;
+                s[r * LD + col] = ssd_f2bf(v[k]);
+            }
+        }
     }
 }
 
@@ -327,40 +387,80 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_outer_kernel(con
 }
 
 /* ---- state passing -------------------------------------------------------------
- * One thread per state element of one (b, h), sequential over chunks. */
+ * One thread per state element of one (b, h), sequential over chunks; the
+ * loads of SSD_BATCH chunks are issued before their sequential updates. */
 static __global__ void __launch_bounds__(SSD_THREADS) ssd_state_fwd_kernel(const ssd_kparams p) {
     const int64_t PN = (int64_t)p.P * p.N;
     const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int bh = blockIdx.y;
     if (e >= PN) return;
     float S = p.init_state ? p.init_state[bh * PN + e] : 0.0f;
-    for (int c = 0; c < p.nc; c++) {
-        int64_t i = ((int64_t)bh * p.nc + c) * PN + e;
-        float E = p.states[i];
-        p.states[i] = S;
-        S = p.gam[(int64_t)bh * p.nc + c] * S + E;
+    float *st = p.states + (int64_t)bh * p.nc * PN + e;
+    const float *gam = p.gam + (int64_t)bh * p.nc;
+    for (int c0 = 0; c0 < p.nc; c0 += SSD_BATCH) {
+        float E[SSD_BATCH], g[SSD_BATCH];
+#pragma unroll
+        for (int k = 0; k < SSD_BATCH; k++)
+            if (c0 + k < p.nc) E[k] = st[(c0 + k) * PN], g[k] = gam[c0 + k];
+#pragma unroll
+        for (int k = 0; k < SSD_BATCH; k++)
+            if (c0 + k < p.nc) {
+                st[(c0 + k) * PN] = S;
+                S = g[k] * S + E[k];
+            }
     }
     if (p.final_state) p.final_state[bh * PN + e] = S;
 }
 
 static __global__ void __launch_bounds__(SSD_THREADS) ssd_state_bwd_kernel(const ssd_kparams p) {
 #ifndef SSD_SIM
-    __shared__ float scratch[32];
+    __shared__ float red[SSD_THREADS / 32][SSD_BATCH];
 #else
-    float *scratch = sim_static_smem<float>(32);
+    float(*red)[SSD_BATCH] = reinterpret_cast<float(*)[SSD_BATCH]>(sim_static_smem<float>(0));
 #endif
     const int64_t PN = (int64_t)p.P * p.N;
     const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int bh = blockIdx.y;
+    const int bh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool live = e < PN;
+    float *dst = p.dstates + (int64_t)bh * p.nc * PN + (live ? e : 0);
+    const float *st = p.states + (int64_t)bh * p.nc * PN + (live ? e : 0);
+    const float *gam = p.gam + (int64_t)bh * p.nc;
     float dS = 0.0f;
-    for (int c = p.nc - 1; c >= 0; c--) {
-        int64_t i = ((int64_t)bh * p.nc + c) * PN + e;
-        float f = live ? p.dstates[i] : 0.0f, s = live ? p.states[i] : 0.0f;
-        if (live) p.dstates[i] = dS; /* dS_end[c] */
-        float part = ssd_block_sum(dS * s, scratch);
-        if (threadIdx.x == 0) p.dgam[((int64_t)bh * p.nc + c) * p.dgam_blocks + blockIdx.x] = part;
-        dS = f + p.gam[(int64_t)bh * p.nc + c] * dS;
+    for (int c0 = p.nc - 1; c0 >= 0; c0 -= SSD_BATCH) { /* chunks c0, c0 − 1, … */
+        float f[SSD_BATCH], s[SSD_BATCH], g[SSD_BATCH], part[SSD_BATCH];
+#pragma unroll
+        for (int k = 0; k < SSD_BATCH; k++) {
+            const int c = c0 - k;
+            f[k] = s[k] = g[k] = 0.0f;
+            if (c >= 0) {
+                g[k] = gam[c];
+                if (live) f[k] = dst[c * PN], s[k] = st[c * PN];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < SSD_BATCH; k++) {
+            const int c = c0 - k;
+            part[k] = 0.0f;
+            if (c < 0) continue;
+            if (live) dst[c * PN] = dS; /* dS_end[c] */
+            part[k] = dS * s[k];
+            dS = f[k] + g[k] * dS;
+        }
+        /* Σ over the block of dS_end·S per chunk: 8 sums with 2 barriers */
+#pragma unroll
+        for (int k = 0; k < SSD_BATCH; k++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) part[k] += __shfl_xor_sync(SSD_FULL, part[k], o);
+        __syncthreads(); /* red of the previous batch is consumed */
+        if (lane == 0)
+#pragma unroll
+            for (int k = 0; k < SSD_BATCH; k++) red[warp][k] = part[k];
+        __syncthreads();
+        if (threadIdx.x < SSD_BATCH && c0 - (int)threadIdx.x >= 0) {
+            float v = 0.0f;
+            for (int w = 0; w < (int)(blockDim.x >> 5); w++) v += red[w][threadIdx.x];
+            p.dgam[((int64_t)bh * p.nc + c0 - threadIdx.x) * p.dgam_blocks + blockIdx.x] = v;
+        }
     }
     if (live && p.d_init) p.d_init[bh * PN + e] = dS;
 }

@@ -168,7 +168,7 @@ void tok_bpe_word(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out
     uint64_t h = tok_map_hash((const char *)w, n);
     const int64_t *hit = tok_map_get_h(&t->cache, h, (const char *)w, n);
     if (hit) {
-        push_ids(out, t->cache_ids.v + (*hit >> 10), *hit & 1023);
+        if (*hit & 1023) push_ids(out, t->cache_ids.v + (*hit >> 10), *hit & 1023);
         return;
     }
     int64_t start = out->n;
@@ -178,7 +178,7 @@ void tok_bpe_word(ra_tokenizer *t, const unsigned char *w, size_t n, ra_ids *out
         t->cache_ids.n = 0;
     }
     int64_t off = t->cache_ids.n, cnt = out->n - start;
-    push_ids(&t->cache_ids, out->v + start, cnt);
+    if (cnt) push_ids(&t->cache_ids, out->v + start, cnt);
     tok_map_put_h(&t->cache, h, (const char *)w, n, off << 10 | cnt);
 }
 

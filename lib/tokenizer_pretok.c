@@ -246,23 +246,32 @@ static int nfc_chunk(const UNormalizer2 *nfc, const char *s, int32_t n, ra_bytes
 fail:
     return ra_fail(err, EX_SOFTWARE, "NFC normalization failed: %s", u_errorName(st));
 }
-#endif
+
+/* 1 if NFC leaves s[0..n) unchanged because every character from U+0300 up
+ * is normalization-inert (most non-ASCII in English text: dashes, quotes,
+ * CJK ideographs); characters below U+0300 never change on their own. */
+static int nfc_inert(const UNormalizer2 *nfc, const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        if ((unsigned char)s[i] < 0xCC) {
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        i += (size_t)tok_utf8_decode((const unsigned char *)s + i, n - i, &cp);
+        if (!unorm2_isInert(nfc, (UChar32)cp)) return 0;
+    }
+    return 1;
+}
 
 int tok_normalize_nfc(const char *s, size_t n, ra_bytes *out, ra_error *err) {
-#if RA_HAVE_ICU
-    /* Text with no character >= U+0300 (no UTF-8 lead byte >= 0xCC) is NFC. */
-    size_t i = 0;
-    while (i < n && (unsigned char)s[i] < 0xCC) i++;
-    if (i == n) {
-        ra_bytes_append(out, s, n);
-        return 0;
-    }
     UErrorCode st = U_ZERO_ERROR;
     const UNormalizer2 *nfc = unorm2_getNFCInstance(&st);
     if (U_FAILURE(st)) return ra_fail(err, EX_SOFTWARE, "NFC normalizer unavailable: %s", u_errorName(st));
-    /* Chunks of about 4 MiB, cut before a character that never combines with
+    /* Chunks of about 64 KiB (only those with characters that are not inert go
+     * through ICU), cut before a character that never combines with
      * what precedes it, so chunking does not change the result. */
-    const size_t chunk = (size_t)4 << 20;
+    const size_t chunk = (size_t)64 << 10;
     size_t start = 0;
     while (start < n) {
         size_t end = n - start <= chunk ? n : start + chunk;
@@ -276,16 +285,22 @@ int tok_normalize_nfc(const char *s, size_t n, ra_bytes *out, ra_error *err) {
         }
         if (end - start > (size_t)INT32_MAX / 2)
             return ra_fail(err, EX_DATAERR, "NFC: no normalization boundary within 1 GiB of text");
-        int r = nfc_chunk(nfc, s + start, (int32_t)(end - start), out, err);
-        if (r) return r;
+        if (nfc_inert(nfc, s + start, end - start)) {
+            ra_bytes_append(out, s + start, end - start);
+        } else {
+            int r = nfc_chunk(nfc, s + start, (int32_t)(end - start), out, err);
+            if (r) return r;
+        }
         start = end;
     }
     return 0;
+}
 #else
+int tok_normalize_nfc(const char *s, size_t n, ra_bytes *out, ra_error *err) {
     (void)s, (void)n, (void)out;
     return ra_fail(err, EX_SOFTWARE, "NFC normalizer: built without ICU");
-#endif
 }
+#endif
 
 /* ---------------------------------------------------------------- added tokens */
 

@@ -2,7 +2,9 @@
  * twins (lib/dm2.h, lib/ssd.h) on random inputs (never zeros): the conv with
  * document resets on strided rows, the decay, the gate, and the decode step
  * (in_proj, conv state, SSM state, gate, out_proj) over several tokens with
- * resets, with and without out_proj; the conv state after a prompt.
+ * resets, with and without out_proj; the conv state after a prompt; the
+ * whole mixer (forward, backward of every parameter and the input, stage-1
+ * matrix and its backward, prefill then decode).
  *
  * Inputs are rounded to bf16 first and the CPU twins run in fp32 on those
  * values; outputs are poisoned with NaN first.  Parameter gradients
@@ -289,6 +291,175 @@ TEST(conv_state_from_prompt_matches_prefill) {
     dm2_free_state(s), dm2_cache_free(c), dm2_params_free(&prm);
 }
 
+/* ---- the whole mixer ----------------------------------------------------------- */
+
+/* grads block on the device → a host dm2_params block of the same layout */
+static void download_grads(dm2_params *h, const cuda_dm2_grads *g, const dm2_config *cfg) {
+    dm2_params_alloc(h, cfg);
+    cuda_synchronize();
+    cuda_download(h->memory, g->memory, dm2_param_count(cfg) * sizeof(float));
+}
+
+static void check_param_grads(const char *tag, const dm2_params *got, const dm2_params *ref, const dm2_config *cfg,
+                              double tol) {
+    size_t D = cfg->d_model, inner = dm2_d_inner(cfg), conv = dm2_conv_dim(cfg);
+    struct {
+        const char *name;
+        const float *g, *r;
+        size_t n;
+    } t[] = {{"d in_proj_w", got->in_proj_w, ref->in_proj_w, (size_t)dm2_in_proj_dim(cfg) * D},
+             {"d conv_w", got->conv_w, ref->conv_w, conv * 4},
+             {"d conv_b", got->conv_b, ref->conv_b, conv},
+             {"d D", got->D, ref->D, (size_t)cfg->n_heads},
+             {"d z_bias", got->z_bias, ref->z_bias, inner},
+             {"d out_proj_w", got->out_proj_w, ref->out_proj_w, cfg->has_out_proj ? D * inner : 0}};
+    char what[160];
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (!t[i].n) continue;
+        snprintf(what, sizeof what, "dm2 mixer %s %s", t[i].name, tag);
+        check_close(what, t[i].g, t[i].r, t[i].n, tol);
+    }
+}
+
+static void check_mixer(int B, int T, dm2_config cfg) {
+    const int D = cfg.d_model, od = dm2_out_dim(&cfg);
+    const size_t BT = (size_t)B * T, ns = (size_t)B * cfg.n_heads * cfg.head_dim * cfg.d_state;
+    dm2_params prm, g_ref;
+    random_params(&prm, &cfg);
+    dm2_params_alloc(&g_ref, &cfg);
+    ra_error err = {0, ""};
+    dm2_acts *s = dm2_alloc_state(B, T, &cfg, &err);
+    float *u = rnd_bf16(BT * D, 1), *dout = rnd_bf16(BT * od, 1);
+    uint8_t *st = xmalloc(BT);
+    for (size_t i = 0; i < BT; i++) st[i] = test_rand_u64() % 97 == 0;
+    float *out_ref = xmalloc(BT * od * 4), *fin_ref = xmalloc(ns * 4), *du_ref = xcalloc(BT * D, 4);
+    dm2_forward(out_ref, fin_ref, s, &prm, u, st);
+    dm2_backward(&g_ref, du_ref, dout, s, &prm, u, st);
+
+    cuda_dm2_params dp;
+    cuda_dm2_params_upload(&dp, &prm, &cfg);
+    cuda_dm2_acts *ds = cuda_dm2_acts_alloc(B, T, &cfg, &err);
+    EXPECT_MSG(ds != NULL, "cuda_dm2_acts_alloc: %s", err.msg);
+    cuda_dm2_grads dg;
+    cuda_dm2_grads_alloc(&dg, &cfg);
+    uint16_t *d_u = dev_bf16(u, BT * D), *d_dout = dev_bf16(dout, BT * od), *d_out = dev_poisoned(BT * od * 2);
+    uint16_t *d_du = cuda_malloc(BT * D * 2);
+    cuda_memset(d_du, 0, BT * D * 2);
+    float *d_fin = dev_poisoned(ns * 4);
+    uint8_t *d_st = dev_copy(st, BT);
+    cuda_dm2_forward(d_out, d_fin, ds, &dp, d_u, d_st);
+    cuda_dm2_backward(&dg, d_du, d_dout, ds, &dp, d_u, d_st);
+    float *out = host_bf16(d_out, BT * od), *fin = host_f32(d_fin, ns), *du = host_bf16(d_du, BT * D);
+    dm2_params g;
+    download_grads(&g, &dg, &cfg);
+
+    char tag[128], what[200];
+    snprintf(tag, sizeof tag, "B=%d T=%d D=%d H=%d P=%d N=%d G=%d %s", B, T, D, cfg.n_heads, cfg.head_dim, cfg.d_state,
+             cfg.n_groups, cfg.has_out_proj ? "out_proj" : "routed");
+    snprintf(what, sizeof what, "dm2 mixer out %s", tag);
+    check_close(what, out, out_ref, BT * od, 2e-2);
+    snprintf(what, sizeof what, "dm2 mixer final_state %s", tag);
+    check_close(what, fin, fin_ref, ns, 2e-2);
+    snprintf(what, sizeof what, "dm2 mixer du %s", tag);
+    check_close(what, du, du_ref, BT * D, 3e-2);
+    check_param_grads(tag, &g, &g_ref, &cfg, 3e-2);
+
+    cuda_free(d_u), cuda_free(d_dout), cuda_free(d_out), cuda_free(d_du), cuda_free(d_fin), cuda_free(d_st);
+    cuda_dm2_grads_free(&dg), cuda_dm2_acts_free(ds), cuda_dm2_params_free(&dp);
+    dm2_params_free(&prm), dm2_params_free(&g_ref), dm2_params_free(&g), dm2_free_state(s);
+    free(u), free(dout), free(st), free(out_ref), free(fin_ref), free(du_ref), free(out), free(fin), free(du);
+}
+
+TEST(mixer_forward_backward_match_cpu) {
+    test_seed(305);
+    check_mixer(2, 300, (dm2_config){128, 4, 32, 16, 2, 0, 1});
+    check_mixer(1, 257, (dm2_config){64, 2, 64, 64, 2, 0, 0});
+    check_mixer(2, 130, (dm2_config){96, 6, 16, 8, 3, 64, 1});
+}
+
+TEST(mixer_matrix_matches_cpu) {
+    test_seed(306);
+    dm2_config cfg = {64, 4, 16, 16, 2, 0, 1};
+    const int B = 2, T = 150, D = cfg.d_model, H = cfg.n_heads;
+    const size_t BT = (size_t)B * T, nt = (size_t)B * H * T * T;
+    dm2_params prm, g_ref;
+    random_params(&prm, &cfg);
+    dm2_params_alloc(&g_ref, &cfg);
+    ra_error err = {0, ""};
+    dm2_acts *s = dm2_alloc_state(B, T, &cfg, &err);
+    float *u = rnd_bf16(BT * D, 1), *dT = rnd_f32(nt, 1), *T_ref = xmalloc(nt * 4), *du_ref = xcalloc(BT * D, 4);
+    uint8_t st[2 * 150] = {0};
+    st[0] = st[77] = st[150 + 31] = 1;
+    dm2_matrix_forward(T_ref, s, &prm, u, st);
+    dm2_matrix_backward(&g_ref, du_ref, dT, s, &prm, u, st);
+
+    cuda_dm2_params dp;
+    cuda_dm2_params_upload(&dp, &prm, &cfg);
+    cuda_dm2_acts *ds = cuda_dm2_acts_alloc(B, T, &cfg, &err);
+    cuda_dm2_grads dg;
+    cuda_dm2_grads_alloc(&dg, &cfg);
+    uint16_t *d_u = dev_bf16(u, BT * D), *d_du = cuda_malloc(BT * D * 2);
+    cuda_memset(d_du, 0, BT * D * 2);
+    float *d_T = dev_poisoned(nt * 4), *d_dT = dev_copy(dT, nt * 4);
+    uint8_t *d_st = dev_copy(st, sizeof st);
+    cuda_dm2_matrix_forward(d_T, ds, &dp, d_u, d_st);
+    cuda_dm2_matrix_backward(&dg, d_du, d_dT, ds, &dp, d_u, d_st);
+    float *Tm = host_f32(d_T, nt), *du = host_bf16(d_du, BT * D);
+    dm2_params g;
+    download_grads(&g, &dg, &cfg);
+    check_close("dm2 mixer matrix T (stage 1)", Tm, T_ref, nt, 2e-2);
+    check_close("dm2 mixer matrix du", du, du_ref, BT * D, 3e-2);
+    check_param_grads("(matrix)", &g, &g_ref, &cfg, 3e-2);
+    cuda_free(d_u), cuda_free(d_du), cuda_free(d_T), cuda_free(d_dT), cuda_free(d_st);
+    cuda_dm2_grads_free(&dg), cuda_dm2_acts_free(ds), cuda_dm2_params_free(&dp);
+    dm2_params_free(&prm), dm2_params_free(&g_ref), dm2_params_free(&g), dm2_free_state(s);
+    free(u), free(dT), free(T_ref), free(du_ref), free(Tm), free(du);
+}
+
+/* Prefill a prompt then decode tokens, both sides. */
+TEST(prefill_then_step_matches_cpu) {
+    test_seed(307);
+    dm2_config cfg = {128, 4, 32, 32, 2, 0, 1};
+    const int B = 3, T = 140, D = cfg.d_model, steps = 4;
+    const size_t BT = (size_t)B * T;
+    dm2_params prm;
+    random_params(&prm, &cfg);
+    ra_error err = {0, ""};
+    dm2_acts *s = dm2_alloc_state(B, T, &cfg, &err);
+    dm2_cache *c = dm2_cache_alloc(B, &cfg, &err);
+    float *u = rnd_bf16(BT * D, 1), *out_ref = xmalloc(BT * D * 4), *o_ref = xmalloc((size_t)B * D * 4);
+    uint8_t st[3 * 140] = {0};
+    st[0] = st[140 + 0] = st[140 + 137] = st[280 + 60] = 1; /* row 1's last document is 3 tokens long */
+    dm2_prefill(out_ref, s, c, &prm, u, st);
+
+    cuda_dm2_params dp;
+    cuda_dm2_params_upload(&dp, &prm, &cfg);
+    cuda_dm2_acts *ds = cuda_dm2_acts_alloc(B, T, &cfg, &err);
+    cuda_dm2_cache *dc = cuda_dm2_cache_alloc(B, &cfg, &err);
+    uint16_t *d_u = dev_bf16(u, BT * D), *d_out = dev_poisoned(BT * D * 2), *d_o = cuda_malloc((size_t)B * D * 2);
+    uint8_t *d_st = dev_copy(st, sizeof st);
+    cuda_dm2_prefill(d_out, ds, dc, &dp, d_u, d_st);
+    float *out = host_bf16(d_out, BT * D);
+    check_close("dm2 prefill out", out, out_ref, BT * D, 2e-2);
+    double num = 0, den = 0;
+    for (int k = 0; k < steps; k++) {
+        float *ut = rnd_bf16((size_t)B * D, 1);
+        dm2_step(o_ref, c, &prm, ut, NULL);
+        uint16_t *d_ut = dev_bf16(ut, (size_t)B * D);
+        cuda_dm2_step(d_o, dc, &dp, d_ut, NULL);
+        float *o = host_bf16(d_o, (size_t)B * D);
+        for (size_t i = 0; i < (size_t)B * D; i++) num += (o[i] - (double)o_ref[i]) * (o[i] - o_ref[i]), den += (double)o_ref[i] * o_ref[i];
+        cuda_free(d_ut);
+        free(ut), free(o);
+    }
+    printf("#   %-64s rel_l2 %.2e\n", "dm2 decode after prefill (4 tokens)", sqrt(num / den));
+    EXPECT(sqrt(num / den) <= 2e-2);
+    cuda_free(d_u), cuda_free(d_out), cuda_free(d_o), cuda_free(d_st);
+    cuda_dm2_cache_free(dc), cuda_dm2_acts_free(ds), cuda_dm2_params_free(&dp);
+    dm2_cache_free(c), dm2_free_state(s), dm2_params_free(&prm);
+    free(u), free(out_ref), free(o_ref), free(out);
+}
+
 int main(void) {
     ra_error err = {0, ""};
     if (cuda_device_init(0, &err)) {
@@ -302,5 +473,8 @@ int main(void) {
     RUN(decay_and_gate_match_cpu);
     RUN(step_matches_cpu);
     RUN(conv_state_from_prompt_matches_prefill);
+    RUN(mixer_forward_backward_match_cpu);
+    RUN(mixer_matrix_matches_cpu);
+    RUN(prefill_then_step_matches_cpu);
     return test_summary();
 }

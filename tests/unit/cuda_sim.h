@@ -50,6 +50,14 @@ struct uint4 {
     uint32_t x, y, z, w;
 };
 static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return uint4{x, y, z, w}; }
+struct uint2 {
+    uint32_t x, y;
+};
+static inline uint2 make_uint2(uint32_t x, uint32_t y) { return uint2{x, y}; }
+struct float4 {
+    float x, y, z, w;
+};
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 static inline uint16_t sim_f2bf_bits(float f) { /* round to nearest even, as __float2bfloat16 */
     uint32_t u;
@@ -70,6 +78,24 @@ static inline uint32_t ssd_pack2(float lo, float hi) {
     return (uint32_t)sim_f2bf_bits(lo) | ((uint32_t)sim_f2bf_bits(hi) << 16);
 }
 static inline float ssd_exp(float x) { return expf(x); }
+static inline uint4 ssd_ldg16(const bf16 *p) {
+    if (((uintptr_t)p & 15) != 0) {
+        fprintf(stderr, "ssd_ldg16: %p not 16-byte aligned\n", (const void *)p);
+        exit(1);
+    }
+    uint4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+static inline float4 ssd_ldg_f4(const float *p) {
+    if (((uintptr_t)p & 15) != 0) {
+        fprintf(stderr, "ssd_ldg_f4: %p not 16-byte aligned\n", (const void *)p);
+        exit(1);
+    }
+    float4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
 
 /* ---- cooperative threads -------------------------------------------------- */
 

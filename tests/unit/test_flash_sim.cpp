@@ -29,7 +29,7 @@ using std::min;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 
 struct dim3s {
     unsigned x = 0, y = 0, z = 0;

@@ -361,6 +361,7 @@ int main(int argc, char **argv) {
     check<64, 64>({1, 300, 2, 1, 64, 64, 128, 1, 0});  /* 3 chunks, docs, G < H */
     check<64, 16>({2, 200, 2, 2, 64, 8, 128, 1, 1});   /* N = 8, initial state */
     check<64, 64>({1, 150, 4, 2, 48, 40, 64, 1, 1});   /* P, N not multiples of 16, chunk 64 */
+    check<64, 16>({1, 300, 2, 2, 64, 8, 16, 1, 1});    /* 19 chunks: state passing in several batches */
     check_matrix(1, 70, 4, 2, 40, 1);
     check_matrix(2, 33, 2, 2, 8, 0);
     check_conv(2, 50, 70, 100, 1);

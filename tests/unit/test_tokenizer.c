@@ -523,6 +523,62 @@ TEST(nfc_normalizer) {
     ra_tokenizer_free(t);
 }
 
+#if RA_HAVE_ICU
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
+#endif
+
+/* NFC runs in chunks with an inert-text fast path: it must give what one
+ * ICU call over the whole text gives, combining marks and Hangul jamo
+ * falling anywhere, including across the chunk boundaries. */
+TEST(nfc_chunking_matches_whole_text) {
+#if RA_HAVE_ICU
+    static const char *const pieces[] = {"e\xCC\x81", "\xCC\x81", "\xE2\x84\xAB", "\xE1\x84\x80", "\xE1\x85\xA1",
+                                         "\xE1\x86\xA8", "\xE2\x80\x94", "\xE4\xB8\xAD", "a", " ", "xyz ",
+                                         "\xC3\xA9", "\xCC\xA3\xCC\x87", "\xEF\xA4\x80", "\n"};
+    test_seed(99);
+    ra_bytes text = {0};
+    /* 100 kB stretches, alternately inert (ASCII, em dash, CJK) and dense
+     * with pieces that compose (marks, jamo, the Angstrom sign). */
+    for (int stretch = 0; stretch < 10; stretch++) {
+        size_t end = text.n + 100000 + (size_t)(test_rand_u64() % 5000);
+        while (text.n < end) {
+            /* dense: mostly a, U+0301, Hangul L, V, T jamo, which compose with each other */
+            static const size_t dense[] = {1, 3, 4, 5, 8, 1, 3, 4, 5, 8, 0, 2, 11, 12, 13, 14};
+            size_t k = stretch % 2 ? dense[test_rand_u64() % 16] : 6 + (size_t)(test_rand_u64() % 5);
+            ra_bytes_append(&text, pieces[k], strlen(pieces[k]));
+        }
+    }
+    ra_bytes got = {0};
+    ra_error err;
+    EXPECT(tok_normalize_nfc(text.v, text.n, &got, &err) == 0);
+    UErrorCode st = U_ZERO_ERROR;
+    const UNormalizer2 *nfc = unorm2_getNFCInstance(&st);
+    int32_t ulen;
+    u_strFromUTF8(NULL, 0, &ulen, text.v, (int32_t)text.n, &st);
+    st = U_ZERO_ERROR;
+    UChar *u = malloc(sizeof(UChar) * (size_t)(ulen + 1)), *v = malloc(sizeof(UChar) * (size_t)(2 * ulen + 16));
+    u_strFromUTF8(u, ulen + 1, NULL, text.v, (int32_t)text.n, &st);
+    int32_t vlen = unorm2_normalize(nfc, u, ulen, v, 2 * ulen + 16, &st);
+    int32_t blen;
+    u_strToUTF8(NULL, 0, &blen, v, vlen, &st);
+    st = U_ZERO_ERROR;
+    char *want = malloc((size_t)blen + 1);
+    u_strToUTF8(want, blen + 1, NULL, v, vlen, &st);
+    EXPECT(U_SUCCESS(st));
+    EXPECT_EQ_INT(got.n, blen);
+    EXPECT(got.n == (size_t)blen && memcmp(got.v, want, got.n) == 0);
+    EXPECT(got.n < text.n); /* something was composed */
+    free(u);
+    free(v);
+    free(want);
+    ra_bytes_free(&got);
+    ra_bytes_free(&text);
+#else
+    printf("# built without ICU\n");
+#endif
+}
+
 /* ---------------------------------------------------------------- parity with Hugging Face */
 
 static int hex_decode(const char *hex, ra_bytes *out) {
@@ -677,6 +733,7 @@ int main(void) {
     RUN(regex_translation);
     RUN(regex_engine_semantics);
     RUN(nfc_normalizer);
+    RUN(nfc_chunking_matches_whole_text);
     RUN(parity_with_hugging_face);
     RUN(fixture_vocab_and_specials);
     return test_summary();
