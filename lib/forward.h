@@ -15,7 +15,15 @@
  *       with q/k/v = proj(RMSNorm(x; input_layernorm))
  *   mlp_block_forward:       x += down(silu(gate(h)) * up(h)),
  *       h = RMSNorm(x; post_attention_layernorm)
- * then the final RMSNorm and the LM head at the requested positions. */
+ * then the final RMSNorm and the LM head at the requested positions.
+ *
+ * Hybrid students (lib/hybrid.h) run the same loop with the layer's mixer in
+ * place of attention_block_forward's attention (lib/forward_hybrid_cpu.c):
+ * kept heads as softmax attention, SSM heads as DiscreteMamba2 (state and
+ * conv window reset where doc_start says a document begins), combined per
+ * the layout.  Options on hybrids: head_keep zeroes kept heads (both
+ * layouts) and routed SSM slots before o_proj (a parallel layout's SSM heads
+ * are not maskable); probabilities only of kept heads. */
 #ifndef RA_FORWARD_H
 #define RA_FORWARD_H
 
@@ -88,6 +96,8 @@ typedef struct ra_forward_state {
     uint8_t *keep;         /* [B_max, H] this layer's head mask */
     float *hq, *hk, *hv, *ho; /* [n, hd]: one head, for requested probabilities */
     float *sel;            /* [n, D]: final-normed rows at logit positions */
+    struct ra_hybrid_acts *hy; /* hybrid mixer buffers, made on first use (lib/forward_hybrid_cpu.c) */
+    struct ra_decode *capture; /* set during ra_decode_prefill: layers leave their decode state there */
 } ra_forward_state;
 
 ra_forward_state *ra_forward_state_create(const ra_model *m, int B_max, int T_max);

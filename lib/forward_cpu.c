@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "forward.h"
+#include "forward_hybrid.h"
 #include "ops.h"
 
 ra_forward_state *ra_forward_state_create(const ra_model *m, int B_max, int T_max) {
@@ -44,6 +45,7 @@ void ra_forward_state_free(ra_forward_state *s) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->positions);
     free(s->keep);
+    hybrid_acts_free(s->hy);
     free(s);
 }
 
@@ -82,6 +84,10 @@ static int layer_keep(ra_forward_state *s, int layer, int B, const uint8_t *head
 }
 
 void attention_block_forward(ra_forward_state *s, int layer, int B, int T, const ra_forward_opts *o) {
+    if (s->m->hybrid || s->capture) { /* students, and every model while a decode prefill captures state */
+        hybrid_mixer_forward(s, layer, B, T, o);
+        return;
+    }
     const hf_config *c = &s->m->cfg;
     const ra_layer *L = &s->m->layers[layer];
     int n = B * T, D = c->hidden_size, H = c->num_heads, Hkv = c->num_kv_heads, hd = c->head_dim;
@@ -115,9 +121,6 @@ void mlp_block_forward(ra_forward_state *s, int layer, int B, int T) {
 static int check_inputs(const ra_forward_state *s, const int32_t *tokens, int B, int T, const ra_forward_opts *o,
                         int start, int stop, ra_error *err) {
     const hf_config *c = &s->m->cfg;
-    if (s->m->hybrid)
-        return ra_fail(err, EX_UNAVAILABLE, "forward: %s is a hybrid student; the hybrid forward is not built yet",
-                       s->m->source);
     if (B < 1 || T < 1 || B > s->B_max || T > s->T_max)
         return ra_fail(err, EX_USAGE, "forward: batch %d × %d tokens does not fit the state (%d × %d)", B, T, s->B_max,
                        s->T_max);
@@ -149,6 +152,10 @@ static int check_inputs(const ra_forward_state *s, const int32_t *tokens, int B,
                            "and heads 0..%d", h.layer, h.head, start, stop - 1, c->num_heads - 1);
     }
     if (o->n_probs && !o->probs_out) return ra_fail(err, EX_USAGE, "forward: probabilities requested without probs_out");
+    if (s->m->hybrid) {
+        int rc = hybrid_check_opts(s, o, err);
+        if (rc) return rc;
+    }
     if (o->logits && o->logit_counts) {
         const int32_t *p = o->logit_positions;
         for (int b = 0; b < B; b++) {

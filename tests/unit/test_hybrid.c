@@ -221,12 +221,325 @@ TEST(hybrid_model_stream_round_trip) {
     }
 }
 
+
+/* ------------------------------------------- float64 reference forward */
+
+/* Written from DESIGN §2.1 / §2.4 and lib/hybrid.h's layout description, one
+ * token and one head at a time, sharing nothing with the library but the
+ * weights. */
+
+static double *dnew(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
+
+static void ref_rmsnorm(double *y, const double *x, const float *w, int D, double eps) {
+    double ss = 0;
+    for (int j = 0; j < D; j++) ss += x[j] * x[j];
+    double r = 1 / sqrt(ss / D + eps);
+    for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
+}
+
+static void ref_linear(double *y, const double *x, const float *W, const float *b, int in, int out) {
+    for (int o = 0; o < out; o++) {
+        double s = b ? b[o] : 0;
+        for (int i = 0; i < in; i++) s += (double)W[(size_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+static void ref_inv_freq(double *f, const hf_config *c) {
+    int hd = c->head_dim;
+    for (int i = 0; i < hd / 2; i++) {
+        double base = 1.0 / pow(c->rope_theta, 2.0 * i / hd);
+        f[i] = base;
+        if (c->rope_type != RA_ROPE_LLAMA3) continue;
+        double old = c->rope_original_max_position_embeddings, wl = 2 * M_PI / base;
+        if (wl < old / c->rope_high_freq_factor) f[i] = base;
+        else if (wl > old / c->rope_low_freq_factor) f[i] = base / c->rope_factor;
+        else {
+            double sm = (old / wl - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
+            f[i] = (1 - sm) * base / c->rope_factor + sm * base;
+        }
+    }
+}
+
+static void ref_rope(double *v, int hd, double pos, const double *inv_freq) {
+    int half = hd / 2;
+    for (int j = 0; j < half; j++) {
+        double a = pos * inv_freq[j], cs = cos(a), sn = sin(a), x1 = v[j], x2 = v[j + half];
+        v[j] = x1 * cs - x2 * sn;
+        v[j + half] = x2 * cs + x1 * sn;
+    }
+}
+
+static double softplus(double v) { return v > 30 ? v : log1p(exp(v)); }
+static double silu(double v) { return v / (1 + exp(-v)); }
+
+/* (a − μa)/sqrt(var_a + eps)·sqrt(var_s + eps) + μs over a[0..na) against s[0..ns) */
+static void ref_restandardise(double *a, int na, const double *s, int ns) {
+    double ma = 0, va = 0, ms = 0, vs = 0;
+    for (int i = 0; i < na; i++) ma += a[i] / na;
+    for (int i = 0; i < na; i++) va += (a[i] - ma) * (a[i] - ma) / na;
+    for (int i = 0; i < ns; i++) ms += s[i] / ns;
+    for (int i = 0; i < ns; i++) vs += (s[i] - ms) * (s[i] - ms) / ns;
+    for (int i = 0; i < na; i++) a[i] = (a[i] - ma) / sqrt(va + 1e-5) * sqrt(vs + 1e-5) + ms;
+}
+
+/* Attention heads of layer l: att [T, nq·hd] in attn_heads order. */
+static void ref_attention(double *att, const ra_model *m, int l, const double *xn, int T, const int32_t *ds,
+                          const double *invf) {
+    const hf_config *c = &m->cfg;
+    const ra_layer *L = &m->layers[l];
+    int D = c->hidden_size, hd = c->head_dim, nq = L->n_attn_heads;
+    int nkv = m->hybrid ? nq : c->num_kv_heads, rep = nq / nkv;
+    double *q = dnew((size_t)T * nq * hd), *k = dnew((size_t)T * nkv * hd), *v = dnew((size_t)T * nkv * hd);
+    double *sc = dnew(T);
+    for (int t = 0; t < T; t++) {
+        int pos = ds ? t - ds[t] : t;
+        ref_linear(q + (size_t)t * nq * hd, xn + (size_t)t * D, L->wq, L->bq, D, nq * hd);
+        ref_linear(k + (size_t)t * nkv * hd, xn + (size_t)t * D, L->wk, L->bk, D, nkv * hd);
+        ref_linear(v + (size_t)t * nkv * hd, xn + (size_t)t * D, L->wv, L->bv, D, nkv * hd);
+        for (int i = 0; i < nq; i++) ref_rope(q + ((size_t)t * nq + i) * hd, hd, pos, invf);
+        for (int i = 0; i < nkv; i++) ref_rope(k + ((size_t)t * nkv + i) * hd, hd, pos, invf);
+    }
+    for (int i = 0; i < nq; i++)
+        for (int t = 0; t < T; t++) {
+            int s0 = ds ? ds[t] : 0, g = i / rep;
+            double mx = -INFINITY, sum = 0;
+            for (int s = s0; s <= t; s++) {
+                double d = 0;
+                for (int j = 0; j < hd; j++) d += q[((size_t)t * nq + i) * hd + j] * k[((size_t)s * nkv + g) * hd + j];
+                sc[s] = d / sqrt((double)hd);
+                mx = fmax(mx, sc[s]);
+            }
+            for (int s = s0; s <= t; s++) sum += (sc[s] = exp(sc[s] - mx));
+            double *o = att + ((size_t)t * nq + i) * hd;
+            for (int j = 0; j < hd; j++) o[j] = 0;
+            for (int s = s0; s <= t; s++)
+                for (int j = 0; j < hd; j++) o[j] += sc[s] / sum * v[((size_t)s * nkv + g) * hd + j];
+        }
+    free(q), free(k), free(v), free(sc);
+}
+
+/* DiscreteMamba2 by its recurrence: out [T, out_dim] (gated y, or out_proj of it). */
+static void ref_dm2(double *out, const dm2_config *sc, const dm2_params *p, const double *xn, int T,
+                    const int32_t *ds) {
+    int D = sc->d_model, Hs = sc->n_heads, P = sc->head_dim, N = sc->d_state, G = sc->n_groups;
+    int inner = Hs * P, gn = G * N, conv = inner + 2 * gn, in_dim = conv + inner + Hs;
+    double *proj = dnew((size_t)T * in_dim), *xbc = dnew((size_t)T * conv), *S = dnew((size_t)Hs * P * N);
+    double *yg = dnew(inner);
+    for (int t = 0; t < T; t++) ref_linear(proj + (size_t)t * in_dim, xn + (size_t)t * D, p->in_proj_w, NULL, D, in_dim);
+    for (int t = 0; t < T; t++)
+        for (int ch = 0; ch < conv; ch++) {
+            double acc = p->conv_b[ch];
+            for (int back = 0; back < 4; back++) /* the tap 3 − back reads back tokens before t, same document */
+                if (t - back >= (ds ? ds[t] : 0)) acc += p->conv_w[ch * 4 + 3 - back] * proj[(size_t)(t - back) * in_dim + ch];
+            xbc[(size_t)t * conv + ch] = acc;
+        }
+    for (int t = 0; t < T; t++) {
+        if (!ds || ds[t] == t)
+            for (size_t i = 0; i < (size_t)Hs * P * N; i++) S[i] = 0;
+        const double *x = xbc + (size_t)t * conv, *Bv = x + inner, *Cv = x + inner + gn;
+        const double *z = proj + (size_t)t * in_dim + conv, *Al = z + inner;
+        for (int h = 0; h < Hs; h++) {
+            int g = h / (Hs / G);
+            double alpha = exp(-softplus(Al[h]));
+            for (int pp = 0; pp < P; pp++) {
+                double y = 0;
+                for (int n = 0; n < N; n++) {
+                    double *st = &S[((size_t)h * P + pp) * N + n];
+                    *st = alpha * *st + x[h * P + pp] * Bv[g * N + n];
+                    y += *st * Cv[g * N + n];
+                }
+                y += p->D[h] * x[h * P + pp];
+                yg[h * P + pp] = y * silu(z[h * P + pp] + p->z_bias[h * P + pp]);
+            }
+        }
+        if (sc->has_out_proj) ref_linear(out + (size_t)t * D, yg, p->out_proj_w, NULL, inner, D);
+        else memcpy(out + (size_t)t * inner, yg, sizeof(double) * inner);
+    }
+    free(proj), free(xbc), free(S), free(yg);
+}
+
+/* The whole model on one row: logits [T, V].  ds: document starts (NULL =
+ * one document); keep: head_keep [layers·H] (NULL = none ablated). */
+static void ref_model(double *logits, const ra_model *m, const int32_t *tok, int T, const int32_t *ds,
+                      const uint8_t *keep) {
+    const hf_config *c = &m->cfg;
+    int D = c->hidden_size, H = c->num_heads, hd = c->head_dim, I = c->intermediate_size, V = c->vocab_size;
+    int parallel = m->hybrid && m->hybrid->layout == RA_LAYOUT_PARALLEL;
+    int stat = m->hybrid && m->hybrid->adapter == RA_ADAPTER_STATIC;
+    double *x = dnew((size_t)T * D), *xn = dnew((size_t)T * D), *att = dnew((size_t)T * H * hd);
+    double *ssm = dnew((size_t)T * (H * hd > D ? H * hd : D)), *slots = dnew((size_t)H * hd), *y = dnew(D);
+    double *ap = dnew(D), *g = dnew(I), *u = dnew(I), *h = dnew(D), invf[64];
+    ref_inv_freq(invf, c);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < D; j++) x[(size_t)t * D + j] = m->embed[(size_t)tok[t] * D + j];
+    for (int l = 0; l < c->num_layers; l++) {
+        const ra_layer *L = &m->layers[l];
+        int nq = L->n_attn_heads, Hs = L->n_ssm_heads;
+        for (int t = 0; t < T; t++) ref_rmsnorm(xn + (size_t)t * D, x + (size_t)t * D, L->input_norm, D, c->rms_norm_eps);
+        if (nq) ref_attention(att, m, l, xn, T, ds, invf);
+        if (Hs) ref_dm2(ssm, &L->ssm_cfg, &L->ssm, xn, T, ds);
+        for (int t = 0; t < T; t++) {
+            double *a = att + (size_t)t * nq * hd, *xt = x + (size_t)t * D;
+            for (int i = 0; i < nq; i++)
+                if (keep && !keep[l * H + L->attn_heads[i]])
+                    for (int j = 0; j < hd; j++) a[i * hd + j] = 0;
+            if (parallel) {
+                const double *s = ssm + (size_t)t * D;
+                for (int j = 0; j < D; j++) y[j] = s[j];
+                if (nq) {
+                    ref_linear(ap, a, L->wo, L->bo, nq * hd, D);
+                    ref_restandardise(ap, D, s, D);
+                    ref_linear(y, ap, L->adapter_w, L->adapter_b, D, D);
+                    for (int j = 0; j < D; j++) y[j] = 0.5 * (s[j] + y[j]);
+                }
+            } else {
+                const double *s = ssm + (size_t)t * Hs * hd;
+                if (stat && nq && Hs) ref_restandardise(a, nq * hd, s, Hs * hd); /* kept slots are contiguous in a */
+                for (int i = 0; i < nq; i++) memcpy(slots + L->attn_heads[i] * hd, a + i * hd, sizeof(double) * hd);
+                for (int j = 0; j < Hs; j++) {
+                    int slot = L->ssm_heads[j];
+                    for (int e = 0; e < hd; e++) slots[slot * hd + e] = keep && !keep[l * H + slot] ? 0 : s[j * hd + e];
+                }
+                ref_linear(y, slots, L->wo, L->bo, H * hd, D);
+            }
+            for (int j = 0; j < D; j++) xt[j] += y[j];
+            ref_rmsnorm(h, xt, L->post_norm, D, c->rms_norm_eps);
+            ref_linear(g, h, L->w_gate, NULL, D, I);
+            ref_linear(u, h, L->w_up, NULL, D, I);
+            for (int j = 0; j < I; j++) g[j] = silu(g[j]) * u[j];
+            ref_linear(y, g, L->w_down, NULL, I, D);
+            for (int j = 0; j < D; j++) xt[j] += y[j];
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        ref_rmsnorm(h, x + (size_t)t * D, m->final_norm, D, c->rms_norm_eps);
+        ref_linear(logits + (size_t)t * V, h, m->lm_head, NULL, D, V);
+    }
+    free(x), free(xn), free(att), free(ssm), free(slots), free(y), free(ap), free(g), free(u), free(h);
+}
+
+/* max |a − b| / max |b| */
+static double rel_err(const float *a, const double *b, size_t n) {
+    double e = 0, s = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= e)) e = d;
+        s = fmax(s, fabs(b[i]));
+    }
+    return e / s;
+}
+
+static int32_t *rand_tokens(int n, int V) {
+    int32_t *t = malloc((size_t)n * sizeof *t);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rand_u64() % (uint64_t)V);
+    return t;
+}
+
+/* Logits of the library's forward for B rows of T tokens. */
+static float *lib_logits(const ra_model *m, const int32_t *tok, int B, int T, const int32_t *ds, const uint8_t *keep) {
+    ra_forward_state *s = ra_forward_state_create(m, B, T);
+    float *logits = malloc(sizeof(float) * B * T * m->cfg.vocab_size);
+    ra_forward_opts o = {.doc_start = ds, .head_keep = keep, .logits = logits};
+    ra_error err = {0};
+    if (ra_forward_cpu(s, tok, B, T, &o, &err)) printf("# forward: %s\n", err.msg);
+    ra_forward_state_free(s);
+    return logits;
+}
+
+#define TOL 5e-5 /* fp32 forward vs float64, relative to the largest logit */
+
+/* A plan that keeps every head, routed: the student is the teacher. */
+TEST(all_heads_routed_student_equals_teacher) {
+    for (int variant = 0; variant < 3; variant++) {
+        ra_model *t = fx_teacher(variant, 40 + variant);
+        ra_model *s = fx_graft(t, "all", RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 0, RA_INIT_MOHAWK, 1);
+        int T = 33, V = t->cfg.vocab_size;
+        int32_t *tok = rand_tokens(2 * T, V), ds[66];
+        for (int i = 0; i < 2 * T; i++) ds[i] = i % T < 12 ? 0 : 12; /* two documents per row */
+        float *a = lib_logits(t, tok, 2, T, ds, NULL), *b = lib_logits(s, tok, 2, T, ds, NULL);
+        double e = 0, mx = 0;
+        for (int i = 0; i < 2 * T * V; i++) e = fmax(e, fabs(a[i] - b[i])), mx = fmax(mx, fabs(a[i]));
+        printf("# variant %d: max |student − teacher| = %.3g (max |logit| %.3g)\n", variant, e, mx);
+        EXPECT(mx > 1);
+        EXPECT_MSG(e <= 2e-6 * mx, "variant %d: %g", variant, e); /* the K/V GEMMs have another output width (a copy per kept head): OpenBLAS may round their last bit differently */
+        free(tok), free(a), free(b);
+        ra_model_free(s), ra_model_free(t);
+    }
+}
+
+/* Students with random weights everywhere (so no init hides a term) against
+ * the float64 reference: pure SSM and mixed, both layouts, both routed
+ * adapters, packed documents and an ablation. */
+TEST(hybrid_forward_matches_float64_reference) {
+    struct {
+        int variant;
+        const char *bits;
+        ra_layout layout;
+        ra_adapter_kind adapter;
+        int N, groups, chunk;
+    } cases[] = {
+        {0, "", RA_LAYOUT_ROUTED, RA_ADAPTER_NONE, 8, 0, 128},         /* pure SSM, routed */
+        {0, "", RA_LAYOUT_PARALLEL, RA_ADAPTER_LINEAR, 3, 0, 5},       /* pure SSM, parallel, small chunks */
+        {1, "100100000000011000", RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 4, 0, 7},
+        {1, "100100000000011000", RA_LAYOUT_ROUTED, RA_ADAPTER_NONE, 8, 0, 128},
+        {1, "100100000000011000", RA_LAYOUT_PARALLEL, RA_ADAPTER_LINEAR, 6, 3, 6},
+        {2, "0010111100000100", RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 12, 0, 4},
+        {2, "0010111100000100", RA_LAYOUT_PARALLEL, RA_ADAPTER_LINEAR, 5, 2, 128},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        ra_model *t = fx_teacher(cases[ci].variant, 60 + ci);
+        ra_plan p = fx_plan(t, cases[ci].bits);
+        ra_graft_opts go = {.layout = cases[ci].layout, .adapter = cases[ci].adapter, .d_state = cases[ci].N,
+                            .qk_groups = cases[ci].groups};
+        ra_model *s = NULL;
+        ra_error err = {0};
+        if (ra_graft(t, &p, &go, &s, &err)) {
+            printf("# case %zu: %s\n", ci, err.msg);
+            EXPECT(0);
+            ra_plan_free(&p), ra_model_free(t);
+            continue;
+        }
+        fx_fill_model(s, 700 + ci);
+        s->hybrid->chunk = cases[ci].chunk;
+        for (int l = 0; l < s->cfg.num_layers; l++) s->layers[l].ssm_cfg.chunk = cases[ci].chunk;
+        int T = 29, V = s->cfg.vocab_size, H = s->cfg.num_heads, Lc = s->cfg.num_layers;
+        int32_t *tok = rand_tokens(2 * T, V), ds[58];
+        for (int i = 0; i < 2 * T; i++) ds[i] = i < T ? 0 : (i % T < 9 ? 0 : i % T < 20 ? 9 : 20);
+        uint8_t *keep = malloc((size_t)2 * Lc * H);
+        memset(keep, 1, (size_t)2 * Lc * H);
+        keep[Lc * H + 1 * H + 1] = 0; /* row 1: layer 1 head 1, layer 2 head 0 ablated */
+        keep[Lc * H + 2 * H + 0] = 0;
+        float *got = lib_logits(s, tok, 2, T, ds, keep);
+        double *want = dnew((size_t)T * V);
+        for (int b = 0; b < 2; b++) {
+            /* parallel SSM heads are not maskable: only kept heads are ablated there */
+            uint8_t row_keep[64];
+            memcpy(row_keep, keep + (size_t)b * Lc * H, (size_t)Lc * H);
+            if (cases[ci].layout == RA_LAYOUT_PARALLEL)
+                for (int l = 0; l < Lc; l++)
+                    for (int h = 0; h < H; h++)
+                        if (!p.keep[l * H + h]) row_keep[l * H + h] = 1;
+            ref_model(want, s, tok + b * T, T, ds + b * T, row_keep);
+            double e = rel_err(got + (size_t)b * T * V, want, (size_t)T * V), mx = 0;
+            for (int i = 0; i < T * V; i++) mx = fmax(mx, fabs(want[i]));
+            printf("# case %zu row %d: rel err %.3g (max |logit| %.3g)\n", ci, b, e, mx);
+            EXPECT_MSG(e < TOL && mx > 0.5, "case %zu row %d: rel err %g, max %g", ci, b, e, mx);
+        }
+        free(tok), free(keep), free(got), free(want);
+        ra_plan_free(&p);
+        ra_model_free(s), ra_model_free(t);
+    }
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     RUN(config_json_round_trip_and_refusals);
     RUN(graft_copies_kept_heads_and_shared_weights);
     RUN(graft_refuses_options_the_teacher_cannot_take);
     RUN(hybrid_model_stream_round_trip);
+    RUN(all_heads_routed_student_equals_teacher);
+    RUN(hybrid_forward_matches_float64_reference);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmpdir);
