@@ -19,6 +19,9 @@ MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
 echo "GPU: ${gpu:-no nvidia-smi}"
 t0=$(date +%s)
+# A build/ left on the machine by an earlier call (maybe of another checkout)
+# can look newer than these sources: start clean (KEEP_BUILD=1 keeps it).
+[ "${KEEP_BUILD:-0}" = 1 ] || rm -rf build
 make "${MAKEVARS[@]}" -j"$(nproc)" lib/libra.a build/tests/test_ssd_sim build/tests/test_gpu_ssd build/tests/test_gpu_dm2 \
     bench-bins >"$OUT/build.log" 2>&1
 build_rc=$?
