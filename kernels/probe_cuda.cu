@@ -66,7 +66,7 @@ void pc_free(pc_state *s) {
     if (s->cache_x)
         for (int l = 0; l < s->L; l++) cuda_free(s->cache_x[l]), cuda_free(s->cache_att[l]);
     free(s->cache_x), free(s->cache_att);
-    void *d[] = {s->x, s->xn, s->qkv, s->att, s->gu, s->act, s->sel, s->logits, s->cos_t, s->sin_t, s->lse,
+    void *d[] = {s->x, s->xn, s->qkv, s->att, s->gu, s->act, s->sel, s->sel_att, s->logits, s->cos_t, s->sin_t, s->lse,
                  s->tval, s->positions, s->rowidx, s->rows, s->argmax, s->tidx, s->keep};
     for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cuda_free(d[i]);
     free(s->h_rowidx), free(s->h_rows), free(s->h_argmax), free(s->h_positions), free(s->h_tidx);
@@ -98,6 +98,7 @@ int pc_init(pc_state *s, const ra_model *m, const probe_data *d, int B, ra_error
     s->gu = (uint16_t *)dalloc(&rc, err, n * 2 * s->I * 2, "gate/up activations");
     s->act = (uint16_t *)dalloc(&rc, err, n * s->I * 2, "MLP activations");
     s->sel = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * D * 2, "scored rows");
+    s->sel_att = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * qd * 2, "scored attention rows");
     s->logits = (uint16_t *)dalloc(&rc, err, (size_t)s->S_max * s->V * 2, "logits");
     s->cos_t = (float *)dalloc(&rc, err, n * (s->hd / 2) * 4, "RoPE tables");
     s->sin_t = (float *)dalloc(&rc, err, n * (s->hd / 2) * 4, "RoPE tables");
@@ -148,21 +149,24 @@ void pc_attention_out(pc_state *s, int l, int B, int T, uint16_t *att_out, float
     cuda_attention_forward_ex(&a);
 }
 
-void pc_o_proj_and_mlp(pc_state *s, int l, int n, const uint16_t *att) {
+void pc_o_proj_and_mlp(pc_state *s, int l, int n, const uint16_t *att) { pc_o_proj_and_mlp_on(s, l, s->x, n, att); }
+
+void pc_o_proj_and_mlp_on(pc_state *s, int l, uint16_t *x, int n, const uint16_t *att) {
     const cuda_layer_weights *W = &s->m->layers[l];
     float eps = (float)s->m->cfg.rms_norm_eps;
-    cuda_linear_residual_forward(s->x, att, W->wo, W->bo, n, s->H * s->hd, s->D);
-    cuda_rmsnorm_forward(s->xn, NULL, s->x, W->post_norm, n, s->D, eps);
+    cuda_linear_residual_forward(x, att, W->wo, W->bo, n, s->H * s->hd, s->D);
+    cuda_rmsnorm_forward(s->xn, NULL, x, W->post_norm, n, s->D, eps);
     cuda_linear_forward(s->gu, s->xn, W->w_gate_up, NULL, n, s->D, 2 * s->I);
     cuda_swiglu_fused_forward(s->act, s->gu, n, s->I);
-    cuda_linear_residual_forward(s->x, s->act, W->w_down, NULL, n, s->I, s->D);
+    cuda_linear_residual_forward(x, s->act, W->w_down, NULL, n, s->I, s->D);
 }
 
 /* ---- one call's rows and scoring ------------------------------------------------ */
 
-/* Final norm and LM head at the scored positions of the call's rows, reduced
- * on the GPU; the outcome of every unit on the host. */
-void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, probe_outcome *out) {
+/* The scored rows (b·T + position) and the target indexes of the units'
+ * rows, uploaded to s->rows and s->tidx; returns the number of scored rows,
+ * *nt the number of targets. */
+static int pc_scored_rows(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, int *nt) {
     int S = 0, NT = 0, b = 0;
     for (int k = 0; k < nu; k++) {
         const probe_item *it = &d->items[u[k].item];
@@ -176,7 +180,14 @@ void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, i
     }
     cuda_upload(s->rows, s->h_rows, (size_t)S * 4);
     cuda_upload(s->tidx, s->h_tidx, (size_t)NT * 8);
-    cuda_gather_rows(s->sel, s->x, s->rows, S, s->D);
+    *nt = NT;
+    return S;
+}
+
+/* s->sel holds the final residual of the S scored rows: final norm, LM
+ * head, statistics and target logits on the GPU, outcomes on the host. */
+static void pc_finish_scores(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int S, int NT,
+                             probe_outcome *out) {
     cuda_rmsnorm_forward(s->sel, NULL, s->sel, s->m->final_norm, S, s->D, (float)s->m->cfg.rms_norm_eps);
     cuda_linear_forward(s->logits, s->sel, s->m->lm_head, NULL, S, s->D, s->V);
     probe_row_stats_kernel<<<S, 256, 0, ra_cuda_stream>>>((const bf16 *)s->logits, s->V, s->lse, s->argmax);
@@ -194,6 +205,25 @@ void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, i
         S += probe_item_n_scored(d, it);
         NT += it->cand_start[it->n_cand];
     }
+}
+
+void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, probe_outcome *out) {
+    int NT, S = pc_scored_rows(s, d, u, nu, T, &NT);
+    cuda_gather_rows(s->sel, s->x, s->rows, S, s->D);
+    pc_finish_scores(s, d, u, nu, S, NT, out);
+}
+
+/* The last layer when only the scored rows matter: attention (q/k/v, RoPE,
+ * attention) for every row, as the scored queries need every key and
+ * value, then o_proj and the MLP on the scored rows alone; then scoring. */
+static void pc_last_layer_and_score(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int B, int T,
+                                    probe_outcome *out) {
+    int l = s->L - 1, NT, S = pc_scored_rows(s, d, u, nu, T, &NT);
+    pc_attention_out(s, l, B, T, s->att, NULL);
+    cuda_gather_rows(s->sel, s->x, s->rows, S, s->D);
+    cuda_gather_rows(s->sel_att, s->att, s->rows, S, s->H * s->hd);
+    pc_o_proj_and_mlp_on(s, l, s->sel, S, s->sel_att);
+    pc_finish_scores(s, d, u, nu, S, NT, out);
 }
 
 void pc_rope_tables(pc_state *s, int T) {
@@ -282,11 +312,19 @@ extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const ui
                 cuda_gather_rows(s.att, s.cache_att[l], s.rowidx, nc, qd);
                 cuda_head_mask_apply(s.att, s.keep, b, T, H, s.hd);
                 pc_o_proj_and_mlp(&s, l, nc, s.att);
-                for (int k = l + 1; k < L; k++) {
+                for (int k = l + 1; k < L - 1; k++) {
                     pc_attention_out(&s, k, b, T, s.att, NULL);
                     pc_o_proj_and_mlp(&s, k, nc, s.att);
                 }
-                pc_score_call(&s, d, units + u0, u1 - u0, T, outs);
+                if (l < L - 1 && !getenv("RA_PROBE_FULL_LAST_LAYER"))
+                    pc_last_layer_and_score(&s, d, units + u0, u1 - u0, b, T, outs);
+                else {
+                    if (l < L - 1) {
+                        pc_attention_out(&s, L - 1, b, T, s.att, NULL);
+                        pc_o_proj_and_mlp(&s, L - 1, nc, s.att);
+                    }
+                    pc_score_call(&s, d, units + u0, u1 - u0, T, outs);
+                }
                 for (int u = u0; u < u1; u++) {
                     int i = units[u].item, h = units[u].head;
                     probe_outcome a = outs[u - u0];

@@ -114,115 +114,69 @@ __global__ void rope_bwd_kernel(float *g, int64_t row_stride, const float *cos_t
     }
 }
 
-/* Attention backward, pass 1: one block per query (b, h, t).  Recomputes the
- * probabilities p_s over keys s ≤ t, then dp_s = dO_t·v_s, D_t = Σ p·dp,
- * dq_t = scale · Σ_s p_s (dp_s − D_t) k_s; stores lse_t and D_t for pass 2.
- * qkv: bf16 [B*T, qkvd] (q heads, then k, then v); dO fp32 [B*T, H*hd];
- * dqkv fp32 [B*T, qkvd] receives dq in the q columns. */
-__global__ void attn_bwd_q_kernel(float *dqkv, float *lse_out, float *D_out, const bf16 *qkv, const float *dO, int T,
-                                  int H, int Hkv, int hd, int qkvd, float scale) {
-    extern __shared__ float sm[]; /* q[hd], o[hd], p[T], dp[T] */
+/* Attention backward through materialised probabilities, a block of rows
+ * at a time: per (row b, head h), S = Q·Kᵀ (cuBLAS, batched over b and h),
+ * P = causal softmax(S·scale), dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
+ * dQ = dS·K·scale, dK = Σ_group dSᵀ·Q·scale, dV = Σ_group Pᵀ·dO.
+ * S/P and dP are fp32, the GEMM operands bf16. */
+
+/* Row t of S (fp32, in place → P) and its bf16 copy: causal softmax. */
+__global__ void attn_softmax_kernel(float *S, bf16 *Pb, int T, float scale) {
     __shared__ float scratch[32];
-    float *qs = sm, *os = sm + hd, *p = sm + 2 * hd, *dp = p + T;
-    int t = blockIdx.x % T, h = (blockIdx.x / T) % H;
-    int64_t b = blockIdx.x / ((int64_t)T * H);
-    int g = h / (H / Hkv);
-    const int64_t row = b * T + t;
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        qs[j] = __bfloat162float(qkv[row * qkvd + (int64_t)h * hd + j]);
-        os[j] = dO[row * H * hd + (int64_t)h * hd + j];
-    }
-    __syncthreads();
-    const bf16 *kb = qkv + b * T * qkvd + (int64_t)(H + g) * hd;
-    const bf16 *vb = qkv + b * T * qkvd + (int64_t)(H + Hkv + g) * hd;
+    int64_t m = blockIdx.x / T;
+    int t = blockIdx.x % T;
+    float *row = S + (m * T + t) * T;
+    bf16 *prow = Pb + (m * T + t) * T;
     float mx = -INFINITY;
-    for (int s = threadIdx.x; s <= t; s += blockDim.x) {
-        float a = 0, c = 0;
-        for (int j = 0; j < hd; j++) {
-            a += qs[j] * __bfloat162float(kb[(int64_t)s * qkvd + j]);
-            c += os[j] * __bfloat162float(vb[(int64_t)s * qkvd + j]);
-        }
-        p[s] = a * scale;
-        dp[s] = c;
-        mx = fmaxf(mx, p[s]);
-    }
+    for (int s = threadIdx.x; s <= t; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
     mx = block_max(mx, scratch);
     float sum = 0;
-    for (int s = threadIdx.x; s <= t; s += blockDim.x) sum += p[s] = __expf(p[s] - mx);
+    for (int s = threadIdx.x; s <= t; s += blockDim.x) sum += __expf(row[s] * scale - mx);
     sum = block_sum(sum, scratch);
-    float inv = 1.0f / sum, Dt = 0;
-    for (int s = threadIdx.x; s <= t; s += blockDim.x) {
-        p[s] *= inv;
-        Dt += p[s] * dp[s];
-    }
-    Dt = block_sum(Dt, scratch); /* contains __syncthreads: p is complete below */
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        float acc = 0;
-        for (int s = 0; s <= t; s++) acc += p[s] * (dp[s] - Dt) * __bfloat162float(kb[(int64_t)s * qkvd + j]);
-        dqkv[row * qkvd + (int64_t)h * hd + j] = acc * scale;
-    }
-    if (threadIdx.x == 0) {
-        lse_out[blockIdx.x] = mx + logf(sum);
-        D_out[blockIdx.x] = Dt;
+    float inv = 1.0f / sum;
+    for (int s = threadIdx.x; s < T; s += blockDim.x) {
+        float p = s <= t ? __expf(row[s] * scale - mx) * inv : 0.0f;
+        row[s] = p;
+        prow[s] = __float2bfloat16(p);
     }
 }
 
-/* Pass 2: one block per key (b, g, s): over the group's query heads and the
- * queries t ≥ s, p = exp(q_t·k_s·scale − lse_t), ds = p (dO_t·v_s − D_t);
- * dk_s = scale Σ ds q_t, dv_s = Σ p dO_t, into the k and v columns of dqkv. */
-__global__ void attn_bwd_kv_kernel(float *dqkv, const float *lse, const float *Dv, const bf16 *qkv, const float *dO,
-                                   int T, int H, int Hkv, int hd, int qkvd, float scale) {
-    extern __shared__ float sm[]; /* k[hd], v[hd], ds[T], p[T] */
-    float *ks = sm, *vs = sm + hd, *dsv = sm + 2 * hd, *pv = dsv + T;
-    int s = blockIdx.x % T, g = (blockIdx.x / T) % Hkv;
-    int64_t b = blockIdx.x / ((int64_t)T * Hkv);
-    const int64_t row = b * T + s;
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        ks[j] = __bfloat162float(qkv[row * qkvd + (int64_t)(H + g) * hd + j]);
-        vs[j] = __bfloat162float(qkv[row * qkvd + (int64_t)(H + Hkv + g) * hd + j]);
-    }
-    float dk_acc[4] = {0, 0, 0, 0}, dv_acc[4] = {0, 0, 0, 0}; /* dims threadIdx.x + 32·i ... for hd ≤ 4·blockDim */
-    int group = H / Hkv;
-    for (int h = g * group; h < (g + 1) * group; h++) {
-        __syncthreads();
-        for (int t = s + threadIdx.x; t < T; t += blockDim.x) {
-            const int64_t qrow = b * T + t;
-            float a = 0, c = 0;
-            for (int j = 0; j < hd; j++) {
-                a += __bfloat162float(qkv[qrow * qkvd + (int64_t)h * hd + j]) * ks[j];
-                c += dO[qrow * H * hd + (int64_t)h * hd + j] * vs[j];
-            }
-            int64_t qi = (b * H + h) * T + t;
-            float pp = __expf(a * scale - lse[qi]);
-            pv[t] = pp;
-            dsv[t] = pp * (c - Dv[qi]);
-        }
-        __syncthreads();
-        for (int i = 0; i < 4; i++) {
-            int j = threadIdx.x + i * blockDim.x;
-            if (j >= hd) break;
-            float dk = 0, dv = 0;
-            for (int t = s; t < T; t++) {
-                const int64_t qrow = b * T + t;
-                dk += dsv[t] * __bfloat162float(qkv[qrow * qkvd + (int64_t)h * hd + j]);
-                dv += pv[t] * dO[qrow * H * hd + (int64_t)h * hd + j];
-            }
-            dk_acc[i] += dk;
-            dv_acc[i] += dv;
-        }
-    }
-    for (int i = 0; i < 4; i++) {
-        int j = threadIdx.x + i * blockDim.x;
-        if (j >= hd) break;
-        dqkv[row * qkvd + (int64_t)(H + g) * hd + j] = dk_acc[i] * scale;
-        dqkv[row * qkvd + (int64_t)(H + Hkv + g) * hd + j] = dv_acc[i];
-    }
+/* dS = P ⊙ (dP − Σ_s P·dP) · scale, bf16. */
+__global__ void attn_dsoftmax_kernel(bf16 *dSb, const float *P, const float *dP, int T, float scale) {
+    __shared__ float scratch[32];
+    int64_t base = (int64_t)blockIdx.x * T;
+    int t = blockIdx.x % T;
+    float dot = 0;
+    for (int s = threadIdx.x; s <= t; s += blockDim.x) dot += P[base + s] * dP[base + s];
+    dot = block_sum(dot, scratch);
+    for (int s = threadIdx.x; s < T; s += blockDim.x)
+        dSb[base + s] = __float2bfloat16(s <= t ? P[base + s] * (dP[base + s] - dot) * scale : 0.0f);
+}
+
+/* Batched GEMM over pointer arrays (column-major arguments, as cuBLAS). */
+static void gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *const *A, int lda,
+                         const void *const *B, int ldb, float beta, void *const *C, cudaDataType ct, int ldc,
+                         int count) {
+    if (!attr_blas) CUBLAS_CHECK(cublasCreate(&attr_blas));
+    CUBLAS_CHECK(cublasSetStream(attr_blas, ra_cuda_stream));
+    float alpha = 1.0f;
+    CUBLAS_CHECK(cublasGemmBatchedEx(attr_blas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+                                     &beta, C, ct, ldc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 /* ---- the engine ------------------------------------------------------------------ */
 
+/* Pointer arrays of the batched attention GEMMs, one entry per (row, head)
+ * of a block of rows. */
+enum { PA_Q, PA_K, PA_V, PA_DO, PA_S, PA_DP, PA_PB, PA_DSB, PA_DQ, PA_DK, PA_DV, PA_N };
+
 typedef struct attr_bufs {
-    float *g, *gmid, *dxn, *ds, *datt, *dqkv, *rstd1, *rstd2, *prod, *lse_q, *D_q, *dh, *rstd_f, *lse_t;
+    float *g, *gmid, *dxn, *ds, *datt, *dqkv, *rstd1, *rstd2, *prod, *dh, *rstd_f, *lse_t;
+    float *S, *dP;      /* [Bg*H, T, T] */
+    uint16_t *Pb, *dSb; /* [Bg*H, T, T] */
+    void **ptr;         /* device [PA_N][Bg*H] */
+    void **h_ptr;
+    int Bg;             /* rows per block of the attention backward */
     uint16_t *gb, *dgu, *dattb, *dqkvb, *dz, *xmid;
     int32_t *trow, *ttok;
     float *h_prod;
@@ -232,7 +186,13 @@ typedef struct attr_bufs {
 static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error *err) {
     memset(a, 0, sizeof *a);
     size_t n = (size_t)s->B * s->T_max, D = s->D, qd = (size_t)s->H * s->hd, I = s->I, q = s->qkvd;
-    size_t TT = (size_t)s->B * s->H * s->T_max;
+    /* rows per block of the attention backward: its four [rows·H, T, T]
+     * buffers (12 bytes an element) within about 8 GiB */
+    size_t per_row = (size_t)s->H * s->T_max * s->T_max * 12;
+    a->Bg = (int)(((size_t)8 << 30) / per_row);
+    if (a->Bg < 1) a->Bg = 1;
+    if (a->Bg > s->B) a->Bg = s->B;
+    size_t TT = (size_t)a->Bg * s->H * s->T_max * s->T_max;
     int rc = 0;
     struct {
         void **p;
@@ -243,8 +203,11 @@ static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error
         {(void **)&a->dxn, n * D * 4, "norm gradients"}, {(void **)&a->ds, n * I * 4, "MLP gradients"},
         {(void **)&a->datt, n * qd * 4, "attention gradients"}, {(void **)&a->dqkv, n * q * 4, "q/k/v gradients"},
         {(void **)&a->rstd1, n * 4, "norm statistics"}, {(void **)&a->rstd2, n * 4, "norm statistics"},
-        {(void **)&a->prod, n * s->H * 4, "head attributions"}, {(void **)&a->lse_q, TT * 4, "attention statistics"},
-        {(void **)&a->D_q, TT * 4, "attention statistics"}, {(void **)&a->dh, (size_t)max_targets * D * 4, "LM-head gradients"},
+        {(void **)&a->prod, n * s->H * 4, "head attributions"},
+        {(void **)&a->S, TT * 4, "attention scores"}, {(void **)&a->dP, TT * 4, "attention score gradients"},
+        {(void **)&a->Pb, TT * 2, "attention probabilities"}, {(void **)&a->dSb, TT * 2, "attention score gradients"},
+        {(void **)&a->ptr, (size_t)PA_N * a->Bg * s->H * sizeof(void *), "GEMM pointer arrays"},
+        {(void **)&a->dh, (size_t)max_targets * D * 4, "LM-head gradients"},
         {(void **)&a->rstd_f, (size_t)max_targets * 4, "norm statistics"}, {(void **)&a->lse_t, (size_t)max_targets * 4, "log-sum-exp"},
         {(void **)&a->gb, n * D * 2, "gradient copies"}, {(void **)&a->dgu, n * 2 * I * 2, "gate/up gradients"},
         {(void **)&a->dattb, n * qd * 2, "gradient copies"}, {(void **)&a->dqkvb, n * q * 2, "gradient copies"},
@@ -254,16 +217,82 @@ static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error
     for (size_t i = 0; i < sizeof want / sizeof want[0] && !rc; i++)
         rc = cuda_malloc_try(want[i].p, want[i].bytes ? want[i].bytes : 1, want[i].what, err);
     a->h_prod = (float *)xmalloc(n * s->H * 4);
+    a->h_ptr = (void **)xmalloc((size_t)PA_N * a->Bg * s->H * sizeof(void *));
     a->h_trow = (int32_t *)xmalloc((size_t)max_targets * 4);
     a->h_ttok = (int32_t *)xmalloc((size_t)max_targets * 4);
     return rc;
 }
 
 static void attr_free(attr_bufs *a) {
-    void *d[] = {a->g, a->gmid, a->dxn, a->ds, a->datt, a->dqkv, a->rstd1, a->rstd2, a->prod, a->lse_q, a->D_q,
-                 a->dh, a->rstd_f, a->lse_t, a->gb, a->dgu, a->dattb, a->dqkvb, a->dz, a->xmid, a->trow, a->ttok};
+    void *d[] = {a->g,  a->gmid, a->dxn, a->ds,   a->datt,   a->dqkv,  a->rstd1, a->rstd2, a->prod,
+                 a->S,  a->dP,   a->Pb,  a->dSb,  a->ptr,    a->dh,    a->rstd_f, a->lse_t, a->gb,
+                 a->dgu, a->dattb, a->dqkvb, a->dz, a->xmid, a->trow,  a->ttok};
     for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cuda_free(d[i]);
-    free(a->h_prod), free(a->h_trow), free(a->h_ttok);
+    free(a->h_prod), free(a->h_trow), free(a->h_ttok), free(a->h_ptr);
+}
+
+/* dq, dk, dv (fp32, into the q/k/v columns of a->dqkv) from s->qkv (q, k
+ * after RoPE; v) and a->datt (∂J/∂ attention output).  Entries of the
+ * batched GEMMs are ordered (r, b, g) with head h = g·group + r, so the
+ * entries of one r touch distinct KV groups: dK and dV add up the heads of a
+ * group with one call per r (beta 1 after the first), never two writers of
+ * one output in a call. */
+static void attention_backward(pc_state *s, attr_bufs *a, int B, int T) {
+    int H = s->H, Hkv = s->Hkv, hd = s->hd, q = s->qkvd, group = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd);
+    to_bf16(a->dattb, a->datt, (int64_t)B * T * H * hd);
+    for (int b0 = 0; b0 < B; b0 += a->Bg) {
+        int nb = B - b0 < a->Bg ? B - b0 : a->Bg, cnt = nb * H, per_r = nb * Hkv;
+        size_t TT = (size_t)T * T;
+        void **P = a->h_ptr;
+        for (int r = 0; r < group; r++)
+            for (int b = 0; b < nb; b++)
+                for (int g = 0; g < Hkv; g++) {
+                    int i = r * per_r + b * Hkv + g, h = g * group + r;
+                    size_t row0 = (size_t)(b0 + b) * T;
+                    P[PA_Q * cnt + i] = s->qkv + row0 * q + (size_t)h * hd;
+                    P[PA_K * cnt + i] = s->qkv + row0 * q + (size_t)(H + g) * hd;
+                    P[PA_V * cnt + i] = s->qkv + row0 * q + (size_t)(H + Hkv + g) * hd;
+                    P[PA_DO * cnt + i] = a->dattb + row0 * H * hd + (size_t)h * hd;
+                    P[PA_S * cnt + i] = a->S + (size_t)i * TT;
+                    P[PA_DP * cnt + i] = a->dP + (size_t)i * TT;
+                    P[PA_PB * cnt + i] = a->Pb + (size_t)i * TT;
+                    P[PA_DSB * cnt + i] = a->dSb + (size_t)i * TT;
+                    P[PA_DQ * cnt + i] = a->dqkv + row0 * q + (size_t)h * hd;
+                    P[PA_DK * cnt + i] = a->dqkv + row0 * q + (size_t)(H + g) * hd;
+                    P[PA_DV * cnt + i] = a->dqkv + row0 * q + (size_t)(H + Hkv + g) * hd;
+                }
+        cuda_upload(a->ptr, P, (size_t)PA_N * cnt * sizeof(void *));
+        void **D = a->ptr;
+#define PA(k, off) ((const void *const *)(D + (size_t)(k) * cnt + (off)))
+#define PW(k, off) ((void *const *)(D + (size_t)(k) * cnt + (off)))
+        /* S[t][s] = q_t·k_s   (column-major: Sᵀ = K·Qᵀ, ld T) */
+        gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, PA(PA_K, 0), q, PA(PA_Q, 0), q, 0.0f, PW(PA_S, 0), CUDA_R_32F,
+                     T, cnt);
+        attn_softmax_kernel<<<(unsigned)((int64_t)cnt * T), 128, 0, ra_cuda_stream>>>(a->S, (bf16 *)a->Pb, T, scale);
+        CUDA_CHECK_LAST();
+        /* dP[t][s] = dO_t·v_s */
+        gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, PA(PA_V, 0), q, PA(PA_DO, 0), H * hd, 0.0f, PW(PA_DP, 0),
+                     CUDA_R_32F, T, cnt);
+        attn_dsoftmax_kernel<<<(unsigned)((int64_t)cnt * T), 128, 0, ra_cuda_stream>>>((bf16 *)a->dSb, a->S, a->dP, T,
+                                                                                      scale);
+        CUDA_CHECK_LAST();
+        /* dQ[t][j] = Σ_s dS[t][s] k_s[j]   (column-major: dQᵀ = Kᵀ·dSᵀ; dS carries the scale) */
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, PA(PA_K, 0), q, PA(PA_DSB, 0), T, 0.0f, PW(PA_DQ, 0),
+                     CUDA_R_32F, q, cnt);
+        /* dK[s][j] = Σ_t dS[t][s] q_t[j]   (column-major: dKᵀ = Qᵀ·dS)
+         * dV[s][j] = Σ_t P[t][s] dO_t[j]   (column-major: dVᵀ = dOᵀ·P) */
+        for (int r = 0; r < group; r++) {
+            int off = r * per_r;
+            float beta = r ? 1.0f : 0.0f;
+            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, PA(PA_Q, off), q, PA(PA_DSB, off), T, beta,
+                         PW(PA_DK, off), CUDA_R_32F, q, per_r);
+            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, PA(PA_DO, off), H * hd, PA(PA_PB, off), T, beta,
+                         PW(PA_DV, off), CUDA_R_32F, q, per_r);
+        }
+#undef PA
+#undef PW
+    }
 }
 
 /* Layer l, top down: g (∂J/∂x_{l+1}) → ∂J/∂x_l, adding Σ grad·output per head
@@ -308,14 +337,7 @@ static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T, doubl
     if (l == 0) return;
 
     /* attention, RoPE, q/k/v and input norm backward */
-    float scale = 1.0f / sqrtf((float)hd);
-    size_t smem = (size_t)(2 * hd + 2 * T) * sizeof(float);
-    attn_bwd_q_kernel<<<(unsigned)((int64_t)B * H * T), 128, smem, ra_cuda_stream>>>(
-        a->dqkv, a->lse_q, a->D_q, (const bf16 *)s->qkv, a->datt, T, H, Hkv, hd, q, scale);
-    CUDA_CHECK_LAST();
-    attn_bwd_kv_kernel<<<(unsigned)((int64_t)B * Hkv * T), 64, smem, ra_cuda_stream>>>(
-        a->dqkv, a->lse_q, a->D_q, (const bf16 *)s->qkv, a->datt, T, H, Hkv, hd, q, scale);
-    CUDA_CHECK_LAST();
+    attention_backward(s, a, B, T);
     rope_bwd_kernel<<<ra_grid_for((int64_t)n * (H + Hkv) * hd / 2, 256), 256, 0, ra_cuda_stream>>>(
         a->dqkv, q, s->cos_t, s->sin_t, n, H + Hkv, hd);
     CUDA_CHECK_LAST();

@@ -12,7 +12,7 @@
 typedef struct pc_state {
     cuda_model *m;
     int B, T_max, L, H, Hkv, hd, D, I, V, qkvd;
-    uint16_t *x, *xn, *qkv, *att, *gu, *act, *sel, *logits;
+    uint16_t *x, *xn, *qkv, *att, *gu, *act, *sel, *sel_att, *logits;
     uint16_t **cache_x, **cache_att; /* [L] each [B*T, D] / [B*T, H*hd] */
     float *cos_t, *sin_t, *lse, *tval;
     int32_t *positions, *rowidx, *rows, *argmax;
@@ -43,8 +43,9 @@ void pc_rope_tables(pc_state *s, int T);
 int pc_baseline(pc_state *s, const probe_data *d, int i0, int i1, int T);
 /* The layer's attention output (before o_proj) of s->x into att_out. */
 void pc_attention_out(pc_state *s, int l, int B, int T, uint16_t *att_out, float *rstd);
-/* s->x += att·Woᵀ, then the MLP block of layer l. */
+/* s->x += att·Woᵀ, then the MLP block of layer l (the _on form: on x). */
 void pc_o_proj_and_mlp(pc_state *s, int l, int n, const uint16_t *att);
+void pc_o_proj_and_mlp_on(pc_state *s, int l, uint16_t *x, int n, const uint16_t *att);
 /* Final norm + LM head at the scored positions of the units' rows (placed
  * in order from slot 0); every unit's outcome into out. */
 void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, probe_outcome *out);

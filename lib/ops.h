@@ -49,4 +49,46 @@ void swiglu_forward(float *out, const float *gate, const float *up, int64_t n);
 /* x += y */
 void residual_add(float *x, const float *y, int64_t n);
 
+/* ------------------------------------------------------------- backward
+ *
+ * Conventions (llm.c style): parameter gradients ACCUMULATE (+=), so
+ * gradient accumulation over micro-batches needs no extra buffer; callers
+ * zero them once per optimiser step.  Input gradients OVERWRITE (=); the
+ * caller adds them into a residual stream with residual_add.  Any gradient
+ * pointer may be NULL when that gradient is not wanted (a frozen weight, the
+ * token input).  Implemented in lib/ops_backward_cpu.c. */
+
+/* dtable[tokens[i],:] += dout[i,:]  (repeated tokens add up). */
+void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int n, int D);
+
+/* Given dout, in, weight and the forward's rstd: dx = ∂/∂in (overwrite),
+ * dweight += ∂/∂weight. */
+void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *in, const float *weight,
+                      const float *rstd, int n, int D);
+
+/* out = in·Wᵀ + b:  dx = dout·W (overwrite), dW += doutᵀ·in, db += Σ_rows dout. */
+void linear_backward(float *dx, float *dW, float *db, const float *dout, const float *in, const float *W, int n,
+                     int in_dim, int out_dim);
+
+/* In place on dx[n, heads, hd]: the gradient through rope_forward (the
+ * inverse rotation, same tables). */
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int n, int heads, int head_dim);
+
+/* Gradient of attention_forward (same shapes, same doc_start).  The
+ * probabilities are recomputed from q and k one (batch, head, 128-query tile)
+ * at a time, so no [B,H,T,T] buffer is needed.  dq [B,T,H,hd] and dk, dv
+ * [B,T,Hkv,hd] are overwritten; the query heads of a GQA group sum into their
+ * shared K/V gradient. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const int32_t *doc_start, int B, int T, int H, int Hkv, int hd);
+
+/* The head mask is linear and diagonal: its backward zeroes the same slots
+ * of the gradient (in place). */
+void head_mask_backward(float *dout, const uint8_t *head_keep, int B, int T, int H, int hd);
+
+/* out = silu(gate)·up:  dgate, dup overwritten.  gate and up are the
+ * forward's inputs (the teacher forward overwrites gate in place; training
+ * code must keep it).  dgate may alias dout (computed elementwise). */
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int64_t n);
+
 #endif

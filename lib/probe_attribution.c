@@ -42,7 +42,7 @@ static void rmsnorm_backward_acc(float *dx, const float *dy, const float *x, con
 }
 
 /* Inverse of rope_forward on gradients: rotate by −θ. */
-static void rope_backward(float *g, const float *cos_t, const float *sin_t, int n, int heads, int hd) {
+static void attr_rope_backward(float *g, const float *cos_t, const float *sin_t, int n, int heads, int hd) {
     int half = hd / 2;
 #pragma omp parallel for if ((int64_t)n * heads * hd >= 65536)
     for (int i = 0; i < n; i++) {
@@ -62,7 +62,7 @@ static void rope_backward(float *g, const float *cos_t, const float *sin_t, int 
  * given q, k, v (after RoPE) and dout [B,T,H,hd], write dq and dk, dv.
  * Probabilities are recomputed per query.  Parallel over (row, KV group) so
  * dk/dv of a group are written by one thread. */
-static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+static void attr_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, int B, int T, int H, int Hkv, int hd) {
     int group = H / Hkv;
     double scale = 1.0 / sqrt((double)hd);
@@ -222,9 +222,9 @@ static void layer_backward(const ra_model *m, int l, attr_bufs *b, int B, int T,
         if (!is_attn)
             for (int t = 0; t < n; t++) memset(b->datt + ((size_t)t * H + h) * hd, 0, (size_t)hd * sizeof(float));
     }
-    attention_backward(b->dq, b->dk, b->dv, b->datt, b->q, b->k, b->v, B, T, H, Hkv, hd);
-    rope_backward(b->dq, b->cos_t, b->sin_t, n, H, hd);
-    rope_backward(b->dk, b->cos_t, b->sin_t, n, Hkv, hd);
+    attr_attention_backward(b->dq, b->dk, b->dv, b->datt, b->q, b->k, b->v, B, T, H, Hkv, hd);
+    attr_rope_backward(b->dq, b->cos_t, b->sin_t, n, H, hd);
+    attr_rope_backward(b->dk, b->cos_t, b->sin_t, n, Hkv, hd);
     linear_backward_input(b->tmp, b->dq, Ly->wq, n, D, H * hd, 0);
     linear_backward_input(b->tmp, b->dk, Ly->wk, n, D, Hkv * hd, 1);
     linear_backward_input(b->tmp, b->dv, Ly->wv, n, D, Hkv * hd, 1);
