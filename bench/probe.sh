@@ -62,8 +62,9 @@ def timing(log):
         text = open(os.path.join(out, log)).read().replace("\r", "\n")
     except OSError:
         return None
-    m = re.search(r"timing: load ([\d.]+) s, attribution ([\d.]+) s, exact ([\d.]+) s \((\d+) heads\), total ([\d.]+) s", text)
-    return dict(zip(("load", "attr", "exact", "heads", "total"), map(float, m.groups()))) if m else None
+    m = re.search(r"timing: load ([\d.]+) s, to device ([\d.]+) s, attribution ([\d.]+) s, exact ([\d.]+) s "
+                  r"\((\d+) heads\), total ([\d.]+) s", text)
+    return dict(zip(("load", "up", "attr", "exact", "heads", "total"), map(float, m.groups()))) if m else None
 
 def table(name):
     rows = []
@@ -98,7 +99,8 @@ print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}.  Llama-3.2-1B shape ({
       f"hidden 2048, intermediate 8192, vocab 128256, tied), random bf16 weights (transformers init, std 0.02); "
       f"{samples} prompts of {pairs} pairs, tokenised with tests/fixtures/tokenizers/llama3-style "
       f"({n_rows} token rows, {mean_len:.0f} tokens on average), choice scoring; every head. "
-      "Times exclude model loading; both sides score the same token rows (ra-probe --dump-tokens).\n")
+      "Times exclude loading the model and moving it to the GPU (listed apart for ra-probe); both sides score "
+      "the same token rows (ra-probe --dump-tokens).\n")
 print("| implementation | heads measured exactly | seconds | s / head (all heads) | speedup vs PyTorch |")
 print("|---|---|---|---|---|")
 heads_all = int(layers) * 32
@@ -111,7 +113,8 @@ else:
 for name, t, rc in (("ra-probe --method exact", ex, ex_rc), ("ra-probe --method hybrid", hy, hy_rc)):
     if t:
         sp = f"{pt_all / t['total']:.1f}x" if pt_all else "–"
-        print(f"| {name} | {int(t['heads'])} | {t['total']:.1f} (attribution {t['attr']:.1f}, exact {t['exact']:.1f}) "
+        print(f"| {name} | {int(t['heads'])} | {t['total']:.1f} (attribution {t['attr']:.1f}, exact {t['exact']:.1f}; "
+              f"to GPU {t['up']:.1f} apart) "
               f"| {t['total'] / heads_all:.4f} | {sp} |")
     else:
         print(f"| {name} | – | failed (exit {rc}) | | |")

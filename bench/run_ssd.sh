@@ -48,9 +48,14 @@ def results(path):
     return out
 
 ra, pt = results(sys.argv[1]), results(sys.argv[2])
+torch_version = ""
+try:
+    torch_version = next((l[2:].strip() for l in open(sys.argv[2]) if l.startswith("# torch")), "")
+except OSError:
+    pass
 py_rc, gpu, py_cmd, ra_cmds = sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
 print("# SSD chunk scan: ra (CUDA) vs plain PyTorch chunked SSD vs causal attention\n")
-print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}.  Forward + backward of the SSD core "
+print(f"GPU: {gpu or 'unknown'}; {torch_version + '; ' if torch_version else ''}{datetime.date.today()}.  Forward + backward of the SSD core "
       "(x, B, C, a → y; gradients of x, B, C, a, D), B and C per head (G = H), chunk 128, bf16 "
       "inputs/outputs with fp32 accumulation and fp32 states; median over timed runs after warm-up (CUDA events).  "
       "The PyTorch reference is Mamba-2's ssd_minimal algorithm in plain torch ops under bf16 autocast, "

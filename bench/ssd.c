@@ -6,9 +6,10 @@
  *   build/bench/ssd [--batch 4] [--seq-len 2048] [--heads 32] [--head-dim 64] [--d-state 64]
  *                   [--groups H] [--chunk 128] [--warmup 3] [--iters 20]
  *
- * Times with CUDA events after warm-up; reports medians.  The backward
- * recomputes the chunk states itself (the forward saves nothing), as a
- * training step would call it.  FLOPs, counted identically in
+ * Times with CUDA events after warm-up; reports medians.  "backward" alone
+ * recomputes the chunk states (cuda_ssd_chunked_backward); "forward+backward"
+ * is a training step: the backward reuses the states the forward left in the
+ * workspace (cuda_ssd_chunked_backward_after_forward).  FLOPs, counted identically in
  * bench/torch_ref/ssd.py (the dense chunked algorithm, per token and head):
  *   forward  2·Q·(N + P)  (C Bᵀ and its product with X, full Q×Q blocks)
  *          + 4·P·N        (chunk end states, state → output)
@@ -97,7 +98,12 @@ static void run_bwd(bench_ctx *c) {
     cuda_ssd_chunked_backward(c->dx, c->dB, c->dC, c->da, c->dD, NULL, c->dy, c->x, c->Bm, c->Cm, c->a, c->D, NULL,
                               NULL, &c->d, c->chunk, c->ws);
 }
-static void run_both(bench_ctx *c) { run_fwd(c), run_bwd(c); }
+/* a training step: the backward reuses the chunk states the forward left in the workspace */
+static void run_both(bench_ctx *c) {
+    run_fwd(c);
+    cuda_ssd_chunked_backward_after_forward(c->dx, c->dB, c->dC, c->da, c->dD, NULL, c->dy, c->x, c->Bm, c->Cm, c->a,
+                                            c->D, NULL, NULL, &c->d, c->chunk, c->ws);
+}
 
 /* median ms of iters runs of fn after warmup runs */
 static float time_ms(void (*fn)(bench_ctx *), bench_ctx *c, int warmup, int iters) {

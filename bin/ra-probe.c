@@ -205,13 +205,15 @@ int main(int argc, char **argv) {
     double t0 = ra_now(), t_attr = 0, t_exact = 0;
     t_load = t0 - t_load;
 
+    if (probe_device_begin(o.device, m, &d, &po, &err)) ra_die_error(&err);
+    double t_up = ra_now() - t0;
     int need_attr = o.method != M_EXACT || o.compare;
     if (need_attr) {
         s.attribution = xmalloc((size_t)LH * sizeof(float));
         if (!ra_progress_quiet)
             fprintf(stderr, "ra-probe: attribution (one forward + backward, %s) ...\n", ra_device_name(o.device));
         if (probe_attribution_device(o.device, m, &d, &po, s.attribution, base, &err)) ra_die_error(&err);
-        t_attr = ra_now() - t0;
+        t_attr = ra_now() - t0 - t_up;
         for (int i = 0; i < LH; i++) s.logprob_drop[i] = s.attribution[i];
     }
     if (o.method != M_ATTRIBUTION) {
@@ -227,7 +229,7 @@ int main(int argc, char **argv) {
         probe_exact_result r = {base, NULL, s.acc_drop, s.logprob_drop};
         if (probe_exact_device(o.device, m, &d, measure, &po, &r, &err)) ra_die_error(&err);
         ra_progress_finish(&prog, (int64_t)N * n_measure);
-        t_exact = ra_now() - t0 - t_attr;
+        t_exact = ra_now() - t0 - t_up - t_attr;
         for (int i = 0; i < LH; i++) s.exact[i] = !measure || measure[i];
         free(measure);
     }
@@ -278,8 +280,11 @@ int main(int argc, char **argv) {
                 N, acc, o.score == PROBE_SCORE_CHOICE ? 1.0 / o.pairs : 0.0, lp, n_exact, LH, method_name[o.method],
                 ra_device_name(o.device), ra_now() - t0);
     if (!ra_progress_quiet)
-        fprintf(stderr, "ra-probe: timing: load %.2f s, attribution %.2f s, exact %.2f s (%d heads), total %.2f s\n",
-                t_load, t_attr, t_exact, o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact);
+        fprintf(stderr,
+                "ra-probe: timing: load %.2f s, to device %.2f s, attribution %.2f s, exact %.2f s (%d heads), "
+                "total %.2f s (attribution + exact)\n",
+                t_load, t_up, t_attr, t_exact, o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact);
+    probe_device_end();
     json_decref(meta);
     json_decref(prov);
     free(base);

@@ -132,7 +132,8 @@ void cuda_dm2_grads_free(cuda_dm2_grads *g);
 void cuda_dm2_forward(uint16_t *out, float *final_state, cuda_dm2_acts *s, const cuda_dm2_params *p,
                       const uint16_t *u, const uint8_t *starts);
 /* Given dout, accumulates into every gradient of g and into du (optional,
- * bf16 [B,T,D], +=).  u and starts must be those of the forward. */
+ * bf16 [B,T,D], +=).  u and starts must be those of the forward, which must
+ * be the last cuda_dm2_forward on s (its chunk states are reused). */
 void cuda_dm2_backward(cuda_dm2_grads *g, uint16_t *du, const uint16_t *dout, cuda_dm2_acts *s,
                        const cuda_dm2_params *p, const uint16_t *u, const uint8_t *starts);
 

@@ -178,8 +178,9 @@ extern "C" void cuda_dm2_backward(cuda_dm2_grads *g, uint16_t *du, const uint16_
     cuda_dm2_gate_backward(s->dy, s->dproj + L.off_z, L.in_dim, g->z_bias, dyg, s->y, s->proj + L.off_z, L.in_dim,
                            p->z_bias, BT, L.inner);
     ssd_dims d = dm2_ssd_dims(c, s->B, s->T);
-    cuda_ssd_chunked_backward(s->dx, s->dBm, s->dCm, s->da, s->dD, NULL, s->dy, s->x, s->Bm, s->Cm, s->a, p->D, starts,
-                              NULL, &d, chunk_of(c), s->ws);
+    /* s->ws still holds the chunk states of the forward on these acts */
+    cuda_ssd_chunked_backward_after_forward(s->dx, s->dBm, s->dCm, s->da, s->dD, NULL, s->dy, s->x, s->Bm, s->Cm, s->a,
+                                            p->D, starts, NULL, &d, chunk_of(c), s->ws);
     add_dD(g->D, s->dD, L.H);
     backward_to_input(g, du, s, p, u, starts, 1);
 }

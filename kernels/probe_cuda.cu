@@ -253,15 +253,62 @@ int pc_baseline(pc_state *s, const probe_data *d, int i0, int i1, int T) {
     return b;
 }
 
+/* ---- sessions: one upload of the model for several engine runs ------------------ */
+
+static pc_state *session;
+static const ra_model *session_model;
+
+extern "C" void probe_cuda_end(void) {
+    if (!session) return;
+    pc_free(session);
+    free(session);
+    session = NULL;
+    session_model = NULL;
+}
+
+static int batch_for(const probe_data *d, int batch) {
+    int B = batch > 0 ? batch : 128;
+    return B < d->max_rows_per_item ? d->max_rows_per_item : B;
+}
+
+extern "C" int probe_cuda_begin(const ra_model *m, const probe_data *d, int batch, ra_error *err) {
+    probe_cuda_end();
+    pc_state *s = (pc_state *)xcalloc(1, sizeof *s);
+    int rc = pc_init(s, m, d, batch_for(d, batch), err);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    session = s;
+    session_model = m;
+    return 0;
+}
+
+pc_state *pc_acquire(const ra_model *m, const probe_data *d, int B, pc_state *local, int *rc, ra_error *err) {
+    int max_targets = 1;
+    for (int i = 0; i < d->n_items; i++)
+        if (d->items[i].cand_start[d->items[i].n_cand] > max_targets) max_targets = d->items[i].cand_start[d->items[i].n_cand];
+    if (session && session_model == m && session->B == B && session->T_max >= d->max_tokens &&
+        session->S_max >= B * d->max_scored_per_row && session->NT_max >= B * max_targets) {
+        *rc = 0;
+        return session;
+    }
+    *rc = pc_init(local, m, d, B, err);
+    return *rc ? NULL : local;
+}
+
+void pc_release(pc_state *s) {
+    if (s && s != session) pc_free(s);
+}
+
 /* ---- the engine ------------------------------------------------------------------ */
 
 extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const uint8_t *measure, const probe_opts *o,
                                 probe_exact_result *res, ra_error *err) {
-    int B = o && o->batch > 0 ? o->batch : 128;
-    if (B < d->max_rows_per_item) B = d->max_rows_per_item;
-    pc_state s;
-    int rc = pc_init(&s, m, d, B, err);
+    int B = batch_for(d, o ? o->batch : 0), rc;
+    pc_state local, *sp = pc_acquire(m, d, B, &local, &rc, err);
     if (rc) return rc;
+    pc_state &s = *sp;
     int L = s.L, H = s.H, N = d->n_items, D = s.D, qd = s.H * s.hd;
     double *sum_acc = (double *)xcalloc((size_t)L * H, sizeof(double));
     double *sum_lp = (double *)xcalloc((size_t)L * H, sizeof(double));
@@ -345,6 +392,6 @@ extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const ui
             res->logprob_drop[i] = (float)(sum_lp[i] / N);
         }
     free(sum_acc), free(sum_lp), free(chunk_slot), free(units), free(outs);
-    pc_free(&s);
+    pc_release(sp);
     return 0;
 }

@@ -29,6 +29,12 @@ extern "C" {
 int probe_exact_cuda(const ra_model *m, const probe_data *d, const uint8_t *measure, const probe_opts *o,
                      probe_exact_result *r, ra_error *err);
 
+/* A session: upload the model and allocate once for several engine runs on
+ * the same model and data (a hybrid probe runs attribution, then exact);
+ * the engines use it when it fits, else allocate their own.  end frees it. */
+int probe_cuda_begin(const ra_model *m, const probe_data *d, int batch, ra_error *err);
+void probe_cuda_end(void);
+
 /* As probe_attribution_cpu, on GPU 0 (kernels/probe_cuda_attr.cu). */
 int probe_attribution_cuda(const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
                            probe_outcome *base, ra_error *err);

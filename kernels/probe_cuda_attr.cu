@@ -351,16 +351,11 @@ static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T, doubl
 
 extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
                                       probe_outcome *base, ra_error *err) {
-    int B = o && o->batch > 0 ? o->batch : 128;
+    int B = o && o->batch > 0 ? o->batch : 128, rc;
     if (B < d->max_rows_per_item) B = d->max_rows_per_item;
-    /* the attention backward kernels keep 2·(head_dim + T) floats in shared
-     * memory and up to 4 dims per thread of 64 */
-    if (m->cfg.head_dim > 256 || (size_t)(2 * m->cfg.head_dim + 2 * d->max_tokens) * 4 > 48 * 1024)
-        return ra_fail(err, EX_DATAERR, "attribution on the GPU: head_dim %d and %d tokens per row exceed its kernels "
-                       "(head_dim <= 256, tokens <= %d)", m->cfg.head_dim, d->max_tokens, 6144 - m->cfg.head_dim);
-    pc_state s;
-    int rc = pc_init(&s, m, d, B, err);
+    pc_state local, *sp = pc_acquire(m, d, B, &local, &rc, err);
     if (rc) return rc;
+    pc_state &s = *sp;
     int max_correct = 1;
     for (int i = 0; i < d->n_items; i++) {
         const probe_item *it = &d->items[i];
@@ -370,7 +365,7 @@ extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, co
     attr_bufs a;
     if ((rc = attr_alloc(&a, &s, B * max_correct, err))) {
         attr_free(&a);
-        pc_free(&s);
+        pc_release(sp);
         return ra_error_prefix(err, "attribution on the GPU (batch %d x %d tokens): ", B, s.T_max);
     }
     int L = s.L, H = s.H, N = d->n_items, D = s.D, V = s.V;
@@ -428,6 +423,6 @@ extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, co
     for (int i = 0; i < L * H; i++) attr[i] = (float)(acc[i] / N);
     free(acc), free(units), free(outs);
     attr_free(&a);
-    pc_free(&s);
+    pc_release(sp);
     return 0;
 }

@@ -35,6 +35,10 @@ typedef struct pc_unit {
  * EX_TEMPFAIL with a message when the GPU lacks memory. */
 int pc_init(pc_state *s, const ra_model *m, const probe_data *d, int B, ra_error *err);
 void pc_free(pc_state *s);
+/* The session's state (probe_cuda_begin) when it serves (m, d, B), else
+ * *local initialised; pc_release frees it unless it is the session's. */
+pc_state *pc_acquire(const ra_model *m, const probe_data *d, int B, pc_state *local, int *rc, ra_error *err);
+void pc_release(pc_state *s);
 /* RoPE tables for positions 0..T-1 of every row slot. */
 void pc_rope_tables(pc_state *s, int T);
 /* Rows of items i0..i1-1 (slots in order) from their tokens through every

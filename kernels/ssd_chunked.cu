@@ -87,11 +87,10 @@ extern "C" void cuda_ssd_chunked_forward(uint16_t *y, float *final_state, const 
     if (owned) cuda_free(ws);
 }
 
-extern "C" void cuda_ssd_chunked_backward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float *da, float *dD,
-                                          float *d_init_state, const uint16_t *dy, const uint16_t *x,
-                                          const uint16_t *Bm, const uint16_t *Cm, const float *a, const float *D,
-                                          const uint8_t *starts, const float *init_state, const ssd_dims *d,
-                                          int chunk, void *workspace) {
+static void chunked_backward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float *da, float *dD, float *d_init_state,
+                             const uint16_t *dy, const uint16_t *x, const uint16_t *Bm, const uint16_t *Cm,
+                             const float *a, const float *D, const uint8_t *starts, const float *init_state,
+                             const ssd_dims *d, int chunk, void *workspace, bool states_ready) {
     check_or_die(d);
     ssd_kparams p;
     size_t bytes = ssd_setup(&p, d->B, d->T, d->H, d->P, d->G, d->N, chunk, 1, nullptr);
@@ -101,6 +100,27 @@ extern "C" void cuda_ssd_chunked_backward(uint16_t *dx, uint16_t *dBm, uint16_t 
     p.x = (const bf16 *)x, p.Bm = (const bf16 *)Bm, p.Cm = (const bf16 *)Cm, p.dy = (const bf16 *)dy;
     p.a = a, p.D = D, p.starts = starts, p.init_state = init_state;
     p.dx = (bf16 *)dx, p.dB = (bf16 *)dBm, p.dC = (bf16 *)dCm, p.da = da, p.d_init = d_init_state;
-    ssd_dispatch(d->P, d->N, [&](auto t) { ssd_run_backward<decltype(t)::pp, decltype(t)::np>(p, dD); });
+    ssd_dispatch(d->P, d->N,
+                 [&](auto t) { ssd_run_backward<decltype(t)::pp, decltype(t)::np>(p, dD, states_ready); });
     if (owned) cuda_free(ws);
+}
+
+extern "C" void cuda_ssd_chunked_backward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float *da, float *dD,
+                                          float *d_init_state, const uint16_t *dy, const uint16_t *x,
+                                          const uint16_t *Bm, const uint16_t *Cm, const float *a, const float *D,
+                                          const uint8_t *starts, const float *init_state, const ssd_dims *d,
+                                          int chunk, void *workspace) {
+    chunked_backward(dx, dBm, dCm, da, dD, d_init_state, dy, x, Bm, Cm, a, D, starts, init_state, d, chunk, workspace,
+                     false);
+}
+
+extern "C" void cuda_ssd_chunked_backward_after_forward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float *da,
+                                                        float *dD, float *d_init_state, const uint16_t *dy,
+                                                        const uint16_t *x, const uint16_t *Bm, const uint16_t *Cm,
+                                                        const float *a, const float *D, const uint8_t *starts,
+                                                        const float *init_state, const ssd_dims *d, int chunk,
+                                                        void *workspace) {
+    RA_CHECK(workspace != NULL);
+    chunked_backward(dx, dBm, dCm, da, dD, d_init_state, dy, x, Bm, Cm, a, D, starts, init_state, d, chunk, workspace,
+                     true);
 }

@@ -57,6 +57,17 @@ void cuda_ssd_chunked_backward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float
                                const float *a, const float *D, const uint8_t *starts, const float *init_state,
                                const ssd_dims *d, int chunk, void *workspace);
 
+/* The same, skipping the recomputation of the chunk states: workspace (not
+ * NULL, sized for the backward) must be the one the last
+ * cuda_ssd_chunked_forward (or backward) ran with on these same x, Bm, a,
+ * starts, init_state and dims, untouched since.  Saves two of the five
+ * kernels of a training step's backward. */
+void cuda_ssd_chunked_backward_after_forward(uint16_t *dx, uint16_t *dBm, uint16_t *dCm, float *da, float *dD,
+                                             float *d_init_state, const uint16_t *dy, const uint16_t *x,
+                                             const uint16_t *Bm, const uint16_t *Cm, const float *a, const float *D,
+                                             const uint8_t *starts, const float *init_state, const ssd_dims *d,
+                                             int chunk, void *workspace);
+
 /* ---- materialised mixing matrix (stage 1) ---- */
 
 size_t cuda_ssd_matrix_workspace_bytes(const ssd_dims *d, int backward);

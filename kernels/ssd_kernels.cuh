@@ -998,12 +998,13 @@ static void ssd_run_forward(const ssd_kparams &p) {
     SSD_LAUNCH((ssd_chunk_scan_fwd_kernel<PP, NP>), p.nc, p.B * p.H, SSD_THREADS, (ssd_smem<PP, NP>::scan), p);
 }
 
-/* dD may be NULL. */
+/* dD may be NULL.  states_ready: the workspace still holds the entry states
+ * and γ of a forward on the same inputs, so they are not recomputed. */
 template <int PP, int NP>
-static void ssd_run_backward(const ssd_kparams &p0, float *dD) {
+static void ssd_run_backward(const ssd_kparams &p0, float *dD, bool states_ready = false) {
     ssd_kparams p = p0;
     p.final_state = nullptr;
-    ssd_run_forward_states<PP, NP>(p);
+    if (!states_ready) ssd_run_forward_states<PP, NP>(p);
     p.mode = 1;
     SSD_LAUNCH((ssd_chunk_outer_kernel<PP, NP>), p.nc, p.B * p.H, SSD_THREADS, (ssd_smem<PP, NP>::outer), p);
     SSD_LAUNCH(ssd_state_bwd_kernel, p.dgam_blocks, p.B * p.H, SSD_THREADS, 0, p);

@@ -148,6 +148,12 @@ int probe_attribution_cpu(const ra_model *m, const probe_data *d, const probe_op
 int probe_attribution_device(ra_device dev, const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
                              probe_outcome *base, ra_error *err);
 
+/* Optional: hold the model on the device across several runs on the same
+ * model and data (the GPU engine uploads and allocates once instead of per
+ * run).  No-op on the CPU.  end releases it. */
+int probe_device_begin(ra_device dev, const ra_model *m, const probe_data *d, const probe_opts *o, ra_error *err);
+void probe_device_end(void);
+
 /* Spearman rank correlation of a and b over n values (average ranks for
  * ties); NaN when either is constant. */
 double probe_spearman(const float *a, const float *b, int n);

@@ -35,3 +35,17 @@ int probe_attribution_device(ra_device dev, const ra_model *m, const probe_data 
     }
     return probe_attribution_cpu(m, d, o, attr, base, err);
 }
+
+int probe_device_begin(ra_device dev, const ra_model *m, const probe_data *d, const probe_opts *o, ra_error *err) {
+#ifdef RA_PROBE_CUDA
+    if (dev == RA_DEVICE_CUDA && !getenv("RA_PROBE_GENERIC")) return probe_cuda_begin(m, d, o ? o->batch : 0, err);
+#endif
+    (void)dev, (void)m, (void)d, (void)o, (void)err;
+    return 0;
+}
+
+void probe_device_end(void) {
+#ifdef RA_PROBE_CUDA
+    probe_cuda_end();
+#endif
+}
