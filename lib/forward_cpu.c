@@ -115,6 +115,9 @@ void mlp_block_forward(ra_forward_state *s, int layer, int B, int T) {
 static int check_inputs(const ra_forward_state *s, const int32_t *tokens, int B, int T, const ra_forward_opts *o,
                         int start, int stop, ra_error *err) {
     const hf_config *c = &s->m->cfg;
+    if (s->m->hybrid)
+        return ra_fail(err, EX_UNAVAILABLE, "forward: %s is a hybrid student; the hybrid forward is not built yet",
+                       s->m->source);
     if (B < 1 || T < 1 || B > s->B_max || T > s->T_max)
         return ra_fail(err, EX_USAGE, "forward: batch %d × %d tokens does not fit the state (%d × %d)", B, T, s->B_max,
                        s->T_max);

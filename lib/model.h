@@ -39,16 +39,22 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "dm2.h"
 #include "dtype.h"
 #include "error.h"
 #include "hf_config.h"
+
+struct ra_hybrid_config; /* lib/hybrid.h */
 
 #define RA_MODEL_ID_LEN 32
 
 /* One decoder layer.  The mixer's attention part is described by the set of
  * query-head slots it runs (all H of them for a teacher); a hybrid student
- * (issue 6) adds its SSM heads here for the other slots, so the teacher
- * layout stays as it is. */
+ * (lib/hybrid.h) adds its SSM heads, so the teacher layout stays as it is.
+ * In a hybrid layer the attention weights hold only the k kept heads, in
+ * attn_heads order: wq/wk/wv [k·hd, D] (wk/wv: a copy of each kept head's KV
+ * group rows), NULL when k = 0; wo is the teacher's whole o_proj [D, H·hd] in
+ * the routed layout, the kept heads' columns [D, k·hd] in the parallel one. */
 typedef struct ra_layer {
     int n_attn_heads; /* query heads run as softmax attention */
     int *attn_heads;  /* their slots in 0..H-1, ascending */
@@ -60,6 +66,13 @@ typedef struct ra_layer {
     float *post_norm;         /* post_attention_layernorm.weight [D] */
     float *w_gate, *w_up;     /* [I, D] */
     float *w_down;            /* [D, I] */
+
+    /* Hybrid students only (zero in a teacher). */
+    int n_ssm_heads;          /* SSM heads: routed H − k, parallel H (0 = none) */
+    int *ssm_heads;           /* routed: their slots, ascending; NULL otherwise */
+    dm2_config ssm_cfg;
+    dm2_params ssm;           /* arrays allocated one by one (ssm.memory NULL) */
+    float *adapter_w, *adapter_b; /* parallel with k > 0: learned adapter [D, D], [D] */
 } ra_layer;
 
 typedef struct ra_model {
@@ -71,6 +84,7 @@ typedef struct ra_model {
     char content_id[RA_MODEL_ID_LEN + 1];
     char source[512];  /* path it was loaded from, for messages */
     char warning[512]; /* non-fatal findings of the loader ("" if none) */
+    struct ra_hybrid_config *hybrid; /* NULL for a teacher (owned) */
 } ra_model;
 
 /* One weight of the model as the loaders and writers see it. */
@@ -82,7 +96,9 @@ typedef struct ra_model_tensor {
 } ra_model_tensor;
 
 /* The weights a model of this config has, in a fixed order (embedding,
- * layers, final norm, LM head unless tied).  *out is malloc'ed; returns the
+ * layers, final norm, LM head unless tied); a hybrid's layers list their
+ * kept heads' attention weights, then mixer.* and attn_adapter.* tensors
+ * (formats/model.md).  *out is malloc'ed; returns the
  * count.  Slots point into m, which must outlive the list. */
 int ra_model_tensor_list(ra_model *m, ra_model_tensor **out);
 
@@ -99,7 +115,14 @@ int ra_model_alloc(const hf_config *c, ra_model **out, ra_error *err);
  * NULL, for loaders to fill.  c must have passed ra_model_check_config. */
 ra_model *ra_model_shell(const hf_config *c);
 
+/* The struct of a hybrid student (lib/hybrid.h): layers shaped by h (which
+ * must have passed ra_hybrid_check against c and is copied), weights NULL. */
+ra_model *ra_model_shell_hybrid(const hf_config *c, const struct ra_hybrid_config *h);
+/* Allocate every weight of a shell (uninitialised), tie the LM head. */
+void ra_model_alloc_weights(ra_model *m);
+
 /* Load from a Hugging Face directory or a model ra stream ("-" = stdin).
+ * A stream with meta.hybrid loads as a hybrid student.
  * Errors: EX_NOINPUT (path, config.json or weights missing), EX_DATAERR
  * (bad config, missing tensor, wrong shape, non-float dtype, not a model
  * stream), EX_IOERR. */
@@ -107,8 +130,9 @@ int ra_model_load(const char *path, ra_model **out, ra_error *err);
 int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err);
 int ra_model_load_stream(const char *path, ra_model **out, ra_error *err);
 
-/* Write m as a model ra stream (meta.config = hf_config_to_json, tensors by
- * HF names in ra_model_tensor_list order, stored as dtype bf16/f16/f32).
+/* Write m as a model ra stream (meta.config = hf_config_to_json, meta.hybrid
+ * for a hybrid, tensors by name in ra_model_tensor_list order, stored as
+ * dtype bf16/f16/f32).
  * provenance may be NULL.  content_id (may be NULL) receives the stream id. */
 int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
                           char *content_id, ra_error *err);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "hybrid.h"
 #include "model.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -100,6 +101,24 @@ static int read_file(const char *path, char **text, size_t *len, ra_error *err) 
 
 /* ------------------------------------------------- Hugging Face directory */
 
+static int hybrid_from_config_text(const char *text, size_t len, const char *name, const hf_config *c,
+                                   ra_hybrid_config *h, int *is_hybrid, ra_error *err) {
+    *is_hybrid = 0;
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    if (!root) return 0; /* hf_config_parse accepted it; nothing more to find */
+    const json_t *hj = json_object_get(root, "ra_hybrid");
+    int rc = 0;
+    if (hj && !json_is_null(hj)) {
+        char where[600];
+        snprintf(where, sizeof where, "%.500s: ra_hybrid", name);
+        rc = ra_hybrid_from_json(hj, c, where, h, err);
+        *is_hybrid = rc == 0;
+    }
+    json_decref(root);
+    return rc;
+}
+
 int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
     *out = NULL;
     char cfg_path[4096];
@@ -114,13 +133,22 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
         free(text);
         return rc;
     }
-    st_set *st;
-    if ((rc = st_open(dir, &st, err))) {
+    /* An exported hybrid (ra-show --hf-out) carries meta.hybrid as "ra_hybrid". */
+    ra_hybrid_config hy;
+    int is_hybrid = 0;
+    if ((rc = hybrid_from_config_text(text, len, cfg_path, &c, &hy, &is_hybrid, err))) {
         free(text);
         return rc;
     }
+    st_set *st;
+    if ((rc = st_open(dir, &st, err))) {
+        free(text);
+        if (is_hybrid) ra_hybrid_free(&hy);
+        return rc;
+    }
 
-    ra_model *m = ra_model_shell(&c);
+    ra_model *m = is_hybrid ? ra_model_shell_hybrid(&c, &hy) : ra_model_shell(&c);
+    if (is_hybrid) ra_hybrid_free(&hy);
     snprintf(m->source, sizeof m->source, "%s", dir);
     ra_model_tensor *specs;
     int n = ra_model_tensor_list(m, &specs);
@@ -183,12 +211,21 @@ int ra_model_load_stream(const char *path, ra_model **out, ra_error *err) {
     hf_config c;
     if (!json_is_object(cj)) rc = ra_fail(err, EX_DATAERR, "%s: header meta has no 'config' object", name);
     else if (!(rc = hf_config_from_json(cj, name, &c, err))) rc = ra_model_check_config(&c, name, err);
+    const json_t *hj = rc ? NULL : json_object_get(ra_reader_meta(r), "hybrid");
+    ra_hybrid_config hy;
+    int is_hybrid = hj && !json_is_null(hj);
+    if (is_hybrid) {
+        char where[600];
+        snprintf(where, sizeof where, "%.500s: meta.hybrid", name);
+        rc = ra_hybrid_from_json(hj, &c, where, &hy, err);
+    }
     if (rc) {
         ra_reader_close(r);
         return rc;
     }
 
-    ra_model *m = ra_model_shell(&c);
+    ra_model *m = is_hybrid ? ra_model_shell_hybrid(&c, &hy) : ra_model_shell(&c);
+    if (is_hybrid) ra_hybrid_free(&hy);
     snprintf(m->source, sizeof m->source, "%s", name);
     ra_model_tensor *sorted;
     int n = ra_model_tensor_list(m, &sorted);
@@ -247,6 +284,7 @@ int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, c
         return ra_fail(err, EX_USAGE, "model stream dtype %s: expected bf16, f16 or f32", ra_dtype_name(dtype));
     json_t *meta = json_object();
     json_object_set_new(meta, "config", hf_config_to_json(&m->cfg));
+    if (m->hybrid) json_object_set_new(meta, "hybrid", ra_hybrid_to_json(m->hybrid));
     ra_writer *w = ra_writer_open(path, "model", meta, provenance, err);
     json_decref(meta);
     if (!w) return err && err->code ? err->code : EX_IOERR;
