@@ -70,7 +70,8 @@ static void set_entry(ra_tokenizer *t, int32_t id, const char *s, size_t n) {
         e = &t->entries[*old];
         free(e->str);
     } else {
-        t->entries = xrealloc(t->entries, (t->n_entries + 1) * sizeof *t->entries);
+        if ((t->n_entries & (t->n_entries - 1)) == 0) /* grow at powers of two */
+            t->entries = xrealloc(t->entries, (t->n_entries ? 2 * t->n_entries : 1) * sizeof *t->entries);
         tok_u64map_put(&t->id_entry, (uint64_t)id, t->n_entries);
         e = &t->entries[t->n_entries++];
     }

@@ -606,7 +606,8 @@ TEST(parity_with_hugging_face) {
     if (!f) return;
     char names[8][64];
     ra_tokenizer *toks[8] = {0};
-    int ntok = 0, cases = 0, mismatches = 0, decode_mismatches = 0, skipped_nfc = 0;
+    int ntok = 0, cases = 0, mismatches = 0, decode_mismatches = 0, skipped_nfc = 0, round_trips = 0,
+        round_trip_failures = 0;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -670,6 +671,18 @@ TEST(parity_with_hugging_face) {
             decode_mismatches++;
             if (decode_mismatches <= 5) TEST_FAIL_("cases.jsonl:%d: decode differs from Hugging Face", lineno);
         }
+        /* decode(encode(s)) == s for the tokenizer that neither normalizes
+         * nor adds a prefix space (s made valid UTF-8 first). */
+        if (strcmp(name, "llama3-style") == 0 && !specials) {
+            ra_bytes fixed = {0};
+            ra_utf8_sanitize(in.v, in.n, &fixed);
+            if (fixed.n != dec.n || (dec.n && memcmp(fixed.v, dec.v, dec.n) != 0)) {
+                round_trip_failures++;
+                if (round_trip_failures <= 5) TEST_FAIL_("cases.jsonl:%d: decode(encode(s)) != s", lineno);
+            }
+            round_trips++;
+            ra_bytes_free(&fixed);
+        }
         cases++;
         ra_ids_free(&ids);
         ra_bytes_free(&in);
@@ -680,11 +693,14 @@ TEST(parity_with_hugging_face) {
     free(line);
     fclose(f);
     for (int k = 0; k < ntok; k++) ra_tokenizer_free(toks[k]);
-    printf("# parity: %d cases, %d id mismatches, %d decode mismatches, %d skipped (no NFC)\n", cases, mismatches,
-           decode_mismatches, skipped_nfc);
+    printf("# parity: %d cases, %d id mismatches, %d decode mismatches, %d skipped (no NFC); %d round trips, %d "
+           "failed\n",
+           cases, mismatches, decode_mismatches, skipped_nfc, round_trips, round_trip_failures);
     EXPECT(cases >= 100);
     EXPECT_EQ_INT(mismatches, 0);
     EXPECT_EQ_INT(decode_mismatches, 0);
+    EXPECT(round_trips >= 300);
+    EXPECT_EQ_INT(round_trip_failures, 0);
 }
 
 /* vocab_size and the bos/eos that tokenizer_config.json / generation_config.json
