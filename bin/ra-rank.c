@@ -189,7 +189,7 @@ static void plot_heatmap(const char *path, const ra_scores *s, const uint8_t *ke
     FILE *gp = popen("gnuplot", "w");
     if (!gp) ra_die(EX_OSERR, "cannot start gnuplot");
     fprintf(gp, "set terminal %s size %d,%d\nset output ", svg ? "svg" : "pngcairo", width, height);
-    gp_quote(gp, af.tmp_path);
+    gp_quote(gp, af.tmp_path ? af.tmp_path : af.path);
     fprintf(gp, "\n$scores << EOD\n");
     for (int l = 0; l < L; l++) {
         for (int h = 0; h < H; h++) {
@@ -216,15 +216,9 @@ static void plot_heatmap(const char *path, const ra_scores *s, const uint8_t *ke
         ra_atomic_abort(&af);
         ra_die(EX_SOFTWARE, "%s: gnuplot failed (status %d)", path, status);
     }
-    /* gnuplot wrote the temporary file by name; our own handle is empty.  Close
-     * it without truncating and rename the finished plot into place. */
-    fclose(af.f);
-    if (rename(af.tmp_path, af.path) != 0) {
-        unlink(af.tmp_path);
-        ra_die(EX_IOERR, "%s: rename failed", path);
-    }
-    free(af.path);
-    free(af.tmp_path);
+    /* gnuplot wrote the temporary file by name; our own handle is empty, so
+     * committing it only renames the finished plot into place. */
+    if (ra_atomic_commit(&af, &err)) ra_die_error(&err);
 }
 
 static json_t *selection_json(const rank_opts *o, const ra_scores *s) {

@@ -6,8 +6,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* An existing target that is not a regular file (/dev/null, a FIFO, a
+ * terminal) cannot be replaced by rename without destroying it: write it in
+ * place.  There is nothing half-written for Make to mistake for done there. */
+static int open_in_place(ra_atomic_file *af, const char *path, ra_error *err) {
+    af->f = fopen(path, "wb");
+    if (!af->f) return ra_fail(err, EX_CANTCREAT, "%s: cannot open: %s", path, strerror(errno));
+    af->path = xstrdup(path);
+    return 0;
+}
+
 int ra_atomic_open(ra_atomic_file *af, const char *path, ra_error *err) {
     memset(af, 0, sizeof *af);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode)) return ra_fail(err, EX_USAGE, "%s: output path names a directory", path);
+        return open_in_place(af, path, err);
+    }
     const char *slash = strrchr(path, '/');
     size_t dirlen = slash ? (size_t)(slash - path + 1) : 0;
     const char *base = slash ? slash + 1 : path;
@@ -49,13 +64,15 @@ int ra_atomic_commit(ra_atomic_file *af, ra_error *err) {
     int rc = 0;
     if (fflush(af->f) != 0 || ferror(af->f))
         rc = ra_fail(err, EX_IOERR, "%s: write failed: %s", af->path, strerror(errno));
-    else if (fsync(fileno(af->f)) != 0 && errno != EINVAL)
+    else if (af->tmp_path && fsync(fileno(af->f)) != 0 && errno != EINVAL)
         rc = ra_fail(err, EX_IOERR, "%s: fsync failed: %s", af->path, strerror(errno));
     if (fclose(af->f) != 0 && !rc) rc = ra_fail(err, EX_IOERR, "%s: close failed: %s", af->path, strerror(errno));
     af->f = NULL;
-    if (!rc && rename(af->tmp_path, af->path) != 0)
-        rc = ra_fail(err, EX_IOERR, "%s: rename failed: %s", af->path, strerror(errno));
-    if (rc) unlink(af->tmp_path);
+    if (af->tmp_path) {
+        if (!rc && rename(af->tmp_path, af->path) != 0)
+            rc = ra_fail(err, EX_IOERR, "%s: rename failed: %s", af->path, strerror(errno));
+        if (rc) unlink(af->tmp_path);
+    }
     atomic_free(af);
     return rc;
 }

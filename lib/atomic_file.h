@@ -11,7 +11,8 @@
 typedef struct ra_atomic_file {
     FILE *f;
     char *path;     /* final name */
-    char *tmp_path; /* ".<name>.tmp.XXXXXX" in the same directory */
+    char *tmp_path; /* ".<name>.tmp.XXXXXX" in the same directory; NULL when an
+                     * existing non-regular target (/dev/null, a FIFO) is written in place */
 } ra_atomic_file;
 
 int ra_atomic_open(ra_atomic_file *af, const char *path, ra_error *err);

@@ -56,7 +56,8 @@ void residual_add(float *x, const float *y, int64_t n);
  * zero them once per optimiser step.  Input gradients OVERWRITE (=); the
  * caller adds them into a residual stream with residual_add.  Any gradient
  * pointer may be NULL when that gradient is not wanted (a frozen weight, the
- * token input).  Implemented in lib/ops_backward_cpu.c. */
+ * token input).  Implemented in lib/ops_backward_cpu.c; these have no CUDA
+ * twins yet (they come with the CUDA trainer). */
 
 /* dtable[tokens[i],:] += dout[i,:]  (repeated tokens add up). */
 void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int n, int D);
