@@ -532,6 +532,181 @@ TEST(hybrid_forward_matches_float64_reference) {
     }
 }
 
+/* ------------------------------------------------------- the SSM inits */
+
+/* Eigenvalues of a symmetric n×n matrix (cyclic Jacobi, float64), descending. */
+static void jacobi_eigenvalues(double *A, int n, double *ev) {
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) off += A[p * n + q] * A[p * n + q];
+        if (off < 1e-30) break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                if (fabs(A[p * n + q]) < 1e-300) continue;
+                double theta = (A[q * n + q] - A[p * n + p]) / (2 * A[p * n + q]);
+                double t = (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(theta * theta + 1)), c = 1 / sqrt(t * t + 1),
+                       sn = t * c;
+                for (int k = 0; k < n; k++) { /* A ← Jᵀ A J */
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = c * akp - sn * akq;
+                    A[k * n + q] = sn * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) {
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = c * apk - sn * aqk;
+                    A[q * n + k] = sn * apk + c * aqk;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) ev[i] = A[i * n + i];
+    for (int i = 0; i < n; i++) /* sort descending */
+        for (int j = i + 1; j < n; j++)
+            if (ev[j] > ev[i]) {
+                double t = ev[i];
+                ev[i] = ev[j], ev[j] = t;
+            }
+}
+
+/* The best rank-N approximation of Wqᵀ·Wk: exact at N = hd (fp32), and for
+ * N < hd its squared Frobenius error is the tail Σ_{i>N} σ_i² of M's
+ * singular values, which the test gets from the eigenvalues of MᵀM. */
+TEST(svd_factorisation_is_the_best_rank_n_approximation) {
+    int hd = 8, D = 32;
+    test_seed(91);
+    float *Wq = malloc(sizeof(float) * hd * D), *Wk = malloc(sizeof(float) * hd * D);
+    test_fill(Wq, (size_t)hd * D, 0.5f);
+    test_fill(Wk, (size_t)hd * D, 0.5f);
+    double *M = dnew((size_t)D * D), *MtM = dnew((size_t)D * D), ev[32], sv[8], norm2 = 0;
+    for (int a = 0; a < D; a++)
+        for (int b = 0; b < D; b++) {
+            for (int i = 0; i < hd; i++) M[a * D + b] += (double)Wq[i * D + a] * Wk[i * D + b];
+            norm2 += M[a * D + b] * M[a * D + b];
+        }
+    for (int a = 0; a < D; a++)
+        for (int b = 0; b < D; b++)
+            for (int k = 0; k < D; k++) MtM[a * D + b] += M[k * D + a] * M[k * D + b];
+    jacobi_eigenvalues(MtM, D, ev);
+    for (int N = 1; N <= hd; N++) {
+        float *C = malloc(sizeof(float) * N * D), *B = malloc(sizeof(float) * N * D);
+        ra_error err = {0};
+        EXPECT_EQ_INT(ra_lowrank_bilinear(C, B, sv, Wq, Wk, hd, D, N, &err), 0);
+        double e2 = 0, tail = 0;
+        for (int a = 0; a < D; a++)
+            for (int b = 0; b < D; b++) {
+                double r = M[a * D + b];
+                for (int n = 0; n < N; n++) r -= (double)C[n * D + a] * B[n * D + b];
+                e2 += r * r;
+            }
+        for (int i = N; i < D; i++) tail += fmax(ev[i], 0);
+        printf("# N = %d: |M - CtB|^2 = %.6g, SVD tail %.6g (|M|^2 = %.6g)\n", N, e2, tail, norm2);
+        EXPECT_NEAR(e2, tail, 1e-5 * norm2);
+        if (N == hd) EXPECT(sqrt(e2) <= 1e-6 * sqrt(norm2));
+        for (int i = 0; i < hd; i++) EXPECT_NEAR(sv[i], sqrt(fmax(ev[i], 0)), 1e-6 * sqrt(ev[0]));
+        free(C), free(B);
+    }
+    ra_error err = {0};
+    float C1[32], B1[32];
+    EXPECT_EQ_INT(ra_lowrank_bilinear(C1, B1, NULL, Wq, Wk, hd, D, hd + 1, &err), EX_USAGE);
+    free(Wq), free(Wk), free(M), free(MtM);
+}
+
+/* --init attention (and svd at N = hd) at the matrix level.  The SSM head
+ * has no positional encoding, so the comparison is against the head's
+ * bilinear form without RoPE (and without q/k biases, which in_proj has no
+ * place for): with the decay forced to 1 (a = 0), the head's mixing matrix
+ * T = causal(C·Bᵀ) + D·I with D = 0 is the unnormalised linear-attention
+ * matrix Q·Kᵀ of its teacher head, Q = u·Wq_hᵀ, K = u·Wk_gᵀ; with the A_log
+ * rows zeroed (a constant decay 1/2) T[l,s] = 2^{s−l}·q_l·k_s and the
+ * head's output is that matrix applied to V = u·Wv_gᵀ, gated by
+ * silu(z_bias) = 1. */
+TEST(attention_and_svd_inits_are_linear_attention) {
+    for (int which = 0; which < 2; which++) {
+        ra_model *t = fx_teacher(which ? 2 : 1, 51 + which);
+        const hf_config *c = &t->cfg;
+        const char *bits = which ? "0100001000000000" : "010000000000001000";
+        ra_model *s = fx_graft(t, bits, RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 0, which ? RA_INIT_SVD : RA_INIT_ATTENTION, 3);
+        if (!s) {
+            EXPECT(0);
+            continue;
+        }
+        int D = c->hidden_size, hd = c->head_dim, H = c->num_heads, group = H / c->num_kv_heads, T = 17;
+        for (int l = 0; l < c->num_layers; l++) {
+            ra_layer *L = &s->layers[l];
+            const ra_layer *TL = &t->layers[l];
+            const dm2_config *sc = &L->ssm_cfg;
+            int Hs = L->n_ssm_heads, in_dim = dm2_in_proj_dim(sc), inner = Hs * hd, gn = Hs * hd;
+            EXPECT_EQ_INT(sc->d_state, hd);
+            EXPECT_EQ_INT(sc->n_groups, Hs);
+            for (int j = 0; j < Hs; j++) EXPECT(L->ssm.D[j] == 0);
+            /* the x rows are the V rows of the head's group */
+            for (int j = 0; j < Hs; j++) {
+                int g = L->ssm_heads[j] / group;
+                EXPECT(memcmp(L->ssm.in_proj_w + (size_t)j * hd * D, TL->wv + (size_t)g * hd * D,
+                              sizeof(float) * hd * D) == 0);
+            }
+            /* a copy of the params with the A_log rows zeroed: decay exactly 1/2 */
+            dm2_params p;
+            dm2_params_alloc(&p, sc);
+            memcpy(p.in_proj_w, L->ssm.in_proj_w, sizeof(float) * in_dim * D);
+            memset(p.in_proj_w + (size_t)(in_dim - Hs) * D, 0, sizeof(float) * Hs * D);
+            memcpy(p.conv_w, L->ssm.conv_w, sizeof(float) * dm2_conv_dim(sc) * 4);
+            memcpy(p.conv_b, L->ssm.conv_b, sizeof(float) * dm2_conv_dim(sc));
+            memcpy(p.D, L->ssm.D, sizeof(float) * Hs);
+            memcpy(p.z_bias, L->ssm.z_bias, sizeof(float) * inner);
+            ra_error err = {0};
+            dm2_acts *st = dm2_alloc_state(1, T, sc, &err);
+            float *u = malloc(sizeof(float) * T * D), *Tm = malloc(sizeof(float) * Hs * T * T);
+            float *Tm1 = malloc(sizeof(float) * Hs * T * T), *a0 = calloc((size_t)T * Hs, sizeof(float));
+            float *y = malloc(sizeof(float) * T * inner);
+            test_fill(u, (size_t)T * D, 1.0f);
+            dm2_matrix_forward(Tm, st, &p, u, NULL);
+            ssd_dims d = dm2_ssd_dims(sc, 1, T);
+            ssd_matrix_forward(Tm1, st->Bm, st->Cm, a0, p.D, NULL, &d); /* decay 1 */
+            dm2_forward(y, NULL, st, &p, u, NULL);
+            double e_half = 0, e_one = 0, e_y = 0, scale = 0, yscale = 0;
+            for (int j = 0; j < Hs; j++) {
+                int h = L->ssm_heads[j], g = h / group;
+                double *q = dnew((size_t)T * hd), *k = dnew((size_t)T * hd), *v = dnew((size_t)T * hd);
+                for (int r = 0; r < T; r++)
+                    for (int i = 0; i < hd; i++)
+                        for (int e = 0; e < D; e++) {
+                            q[r * hd + i] += (double)TL->wq[((size_t)h * hd + i) * D + e] * u[r * D + e];
+                            k[r * hd + i] += (double)TL->wk[((size_t)g * hd + i) * D + e] * u[r * D + e];
+                            v[r * hd + i] += (double)TL->wv[((size_t)g * hd + i) * D + e] * u[r * D + e];
+                        }
+                for (int a = 0; a < T; a++) {
+                    double out[64] = {0};
+                    for (int b = 0; b < T; b++) {
+                        double qk = 0;
+                        for (int i = 0; i < hd; i++) qk += q[a * hd + i] * k[b * hd + i];
+                        double want1 = b <= a ? qk : 0, want_half = b <= a ? qk * pow(0.5, a - b) : 0;
+                        e_one = fmax(e_one, fabs(Tm1[((size_t)j * T + a) * T + b] - want1));
+                        e_half = fmax(e_half, fabs(Tm[((size_t)j * T + a) * T + b] - want_half));
+                        scale = fmax(scale, fabs(want1));
+                        for (int i = 0; i < hd; i++) out[i] += want_half * v[b * hd + i];
+                    }
+                    for (int i = 0; i < hd; i++) {
+                        double want = out[i] * silu(DM2_Z_BIAS_INIT); /* z rows are 0 */
+                        e_y = fmax(e_y, fabs(y[(size_t)a * inner + j * hd + i] - want));
+                        yscale = fmax(yscale, fabs(want));
+                    }
+                }
+                free(q), free(k), free(v);
+            }
+            printf("# %s layer %d (%d SSM heads): |T − QKᵀ| %.3g, |T − 2^(s−l)QKᵀ| %.3g (of %.3g), |y − linear "
+                   "attention| %.3g (of %.3g)\n",
+                   which ? "svd" : "attention", l, Hs, e_one, e_half, scale, e_y, yscale);
+            EXPECT(e_one <= 2e-5 * scale && e_half <= 2e-5 * scale && e_y <= 2e-5 * yscale && scale > 0.1);
+            (void)gn;
+            dm2_free_state(st);
+            dm2_params_free(&p);
+            free(u), free(Tm), free(Tm1), free(a0), free(y);
+        }
+        ra_model_free(s), ra_model_free(t);
+    }
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     RUN(config_json_round_trip_and_refusals);
@@ -540,6 +715,8 @@ int main(void) {
     RUN(hybrid_model_stream_round_trip);
     RUN(all_heads_routed_student_equals_teacher);
     RUN(hybrid_forward_matches_float64_reference);
+    RUN(svd_factorisation_is_the_best_rank_n_approximation);
+    RUN(attention_and_svd_inits_are_linear_attention);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmpdir);
