@@ -28,7 +28,7 @@ extern "C" int cuda_device_init(int device, ra_error *err) {
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
         cudaGetLastError();
-        return ra_fail(err, EX_UNAVAILABLE, "no usable CUDA GPU (%s); use --device cpu",
+        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: no usable CUDA GPU (%s); use --device cpu",
                        e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
     }
     if (device < 0 || device >= n)
