@@ -60,6 +60,12 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
 
+# Objects are rebuilt when the configuration changes (e.g. CUDA=0 after a CUDA
+# build): the stamp's content is the configuration, rewritten only when it differs.
+CONFIG_STAMP := build/config.stamp
+CONFIG_LINE  := CUDA=$(CUDA) ICU=$(ICU) DEPS_PREFIX=$(DEPS_PREFIX)
+$(shell mkdir -p build; echo '$(CONFIG_LINE)' | cmp -s - $(CONFIG_STAMP) || echo '$(CONFIG_LINE)' > $(CONFIG_STAMP))
+
 .PHONY: all test unit bats fuzz-smoke test-gpu test-gpu-bins bench-bins install deps clean
 all: lib/libra.a $(TOOLS) $(UNIT) build/tests/mk-hf
 
@@ -67,11 +73,11 @@ lib/libra.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-build/lib/%.o: lib/%.c
+build/lib/%.o: lib/%.c $(CONFIG_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-build/kernels/%.o: kernels/%.cu
+build/kernels/%.o: kernels/%.cu $(CONFIG_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
