@@ -80,7 +80,11 @@ int ra_hybrid_check(const ra_hybrid_config *h, const hf_config *c, const char *w
         if (s.Hs && h->qk_groups && s.Hs % h->qk_groups)
             return ra_fail(err, EX_DATAERR, "%s: qk_groups = %d does not divide layer %d's %d SSM heads", where,
                            h->qk_groups, l, s.Hs);
-        if (s.Hs && dm2_check_config(&s.ssm, err)) return ra_error_prefix(err, "%s: layer %d", where, l);
+        int rc = s.Hs ? dm2_check_config(&s.ssm, err) : 0;
+        if (rc) {
+            ra_error_prefix(err, "%s: layer %d", where, l);
+            return rc;
+        }
     }
     return 0;
 }

@@ -95,7 +95,10 @@ static int init_from_attention(ra_model *s, const ra_model *t, int l, ra_ssm_ini
         } else {
             int rc = ra_lowrank_bilinear(C_rows + j * N * D, B_rows + j * N * D, NULL, wq, wk, (int)hd, (int)D, (int)N,
                                          err);
-            if (rc) return ra_error_prefix(err, "layer %d head %zu", l, h);
+            if (rc) {
+                ra_error_prefix(err, "layer %d head %zu", l, h);
+                return rc;
+            }
         }
         S->ssm.D[j] = 0; /* linear attention has no skip term */
     }
