@@ -180,6 +180,8 @@ int main(int argc, char **argv) {
     ra_tokenizer *tok = load_tokenizer(&o);
     ra_model *m;
     if (ra_model_load(o.model, &m, &err)) ra_die_error(&err);
+    if (m->hybrid) /* heads are scored against the teacher's own layout */
+        ra_die(EX_DATAERR, "%s: is a hybrid student (meta.hybrid); ra-probe scores the heads of a teacher", o.model);
     if (m->warning[0] && !ra_progress_quiet) fprintf(stderr, "ra-probe: %s\n", m->warning);
     int L = m->cfg.num_layers, H = m->cfg.num_heads, LH = L * H;
 

@@ -181,3 +181,12 @@ meta() { "$H/ra-testdata" describe "$1" | sed -n 's/^meta //p'; }
     run "$H/ra-testdata" describe "$T/r.ra"
     assert_line "tensor logits/0 f32 7x64"
 }
+
+@test "ra-probe refuses a hybrid student (it scores a teacher's heads)" {
+    ra-graft -q -m "$T/m" -p "$T/p.ra" -o "$T/st.ra"
+    run ra-probe -q -m "$T/st.ra" --tokenizer "$ROOT/tests/fixtures/tokenizers/llama3-style" \
+        --pairs 3 --samples 2 --words "$ROOT/tests/fixtures/words.txt" --device cpu -o "$T/s2.ra"
+    assert_failure 65
+    assert_output --partial "hybrid student"
+    [ ! -e "$T/s2.ra" ]
+}
