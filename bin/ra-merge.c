@@ -31,7 +31,7 @@ static const char usage[] =
     "  --help     show this help;  --version  show the version\n"
     "\n"
     "All inputs must be valid ra streams of the same kind with JSON-equal\n"
-    "meta.config, and a tensor in several inputs must have the same dtype and\n"
+    "meta.config (and meta.hybrid), and a tensor in several inputs must have the same dtype and\n"
     "shape in all.  Inputs are read twice, so they must be regular files (not\n"
     "pipes or -).  Nothing is written unless every check passes.\n"
     "Exit status: 0 ok, 64 usage, 65 bad or incompatible input, 66 missing input,\n"
@@ -85,9 +85,10 @@ static void json_brief(char *out, size_t cap, const json_t *v) {
     free(s);
 }
 
-/* meta.config must be JSON-equal; name the first key that differs. */
-static int check_config(const input *base, const input *part, ra_error *err) {
-    const json_t *a = json_object_get(base->meta, "config"), *b = json_object_get(part->meta, "config");
+/* meta.<field> must be JSON-equal (absent on both sides counts as equal);
+ * name the first key that differs. */
+static int check_meta_field(const input *base, const input *part, const char *field, ra_error *err) {
+    const json_t *a = json_object_get(base->meta, field), *b = json_object_get(part->meta, field);
     if ((!a && !b) || (a && b && json_equal(a, b))) return 0;
     char va[128], vb[128];
     if (a && b && json_is_object(a) && json_is_object(b)) {
@@ -100,14 +101,21 @@ static int check_config(const input *base, const input *part, ra_error *err) {
                 if (x && y && json_equal(x, y)) continue;
                 json_brief(va, sizeof va, x);
                 json_brief(vb, sizeof vb, y);
-                return ra_fail(err, EX_DATAERR, "%s: meta.config.%s is %s but %s has %s (configs must be equal)",
-                               part->path, key, vb, base->path, va);
+                return ra_fail(err, EX_DATAERR, "%s: meta.%s.%s is %s but %s has %s (they must be equal)",
+                               part->path, field, key, vb, base->path, va);
             }
     }
     json_brief(va, sizeof va, a);
     json_brief(vb, sizeof vb, b);
-    return ra_fail(err, EX_DATAERR, "%s: meta.config is %s but %s has %s (configs must be equal)", part->path, vb,
+    return ra_fail(err, EX_DATAERR, "%s: meta.%s is %s but %s has %s (they must be equal)", part->path, field, vb,
                    base->path, va);
+}
+
+/* The model config, and for hybrid students the hybrid structure (kept heads,
+ * layout, SSM sizes), must agree: tensors of one cannot stand in the other. */
+static int check_compatible(const input *base, const input *part, ra_error *err) {
+    int rc = check_meta_field(base, part, "config", err);
+    return rc ? rc : check_meta_field(base, part, "hybrid", err);
 }
 
 static void describe(char *out, size_t cap, const ra_tensor_info *t) {
@@ -219,7 +227,7 @@ int main(int argc, char **argv) {
         if (i > 0 && strcmp(in[i].kind, in[0].kind) != 0)
             ra_die(EX_DATAERR, "%s: kind '%s' differs from %s's kind '%s'", in[i].path, in[i].kind, in[0].path,
                    in[0].kind);
-        if (i > 0 && check_config(&in[0], &in[i], &err)) ra_die_error(&err);
+        if (i > 0 && check_compatible(&in[0], &in[i], &err)) ra_die_error(&err);
         entries = xrealloc(entries, (size_t)(n_out + in[i].n + 1) * sizeof *entries);
         for (int k = 0; k < in[i].n; k++) {
             const ra_tensor_info *t = &in[i].t[k];

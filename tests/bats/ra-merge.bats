@@ -201,6 +201,20 @@ EOF
     assert_output --partial "noconf.ra: meta.config is (absent)"
 }
 
+@test "hybrid structure mismatch exits 65 naming the key" {
+    printf 'kind model\nmeta {"config": {"hidden_size": 8, "layers": 2}, "hybrid": {"layout": "routed", "d_state": 8}}\n' | "$MK" -o h1.ra
+    printf 'kind model\nmeta {"config": {"hidden_size": 8, "layers": 2}, "hybrid": {"layout": "routed", "d_state": 4}}\n' | "$MK" -o h2.ra
+    run ra-merge -o out.ra h1.ra h2.ra
+    assert_failure 65
+    assert_output --partial "h2.ra: meta.hybrid.d_state is 4 but h1.ra has 8"
+    [ ! -e out.ra ]
+    run ra-merge -o out.ra base.ra h1.ra
+    assert_failure 65
+    assert_output --partial "h1.ra: meta.hybrid is"
+    run ra-merge -o out.ra h1.ra h1.ra
+    assert_success
+}
+
 @test "dtype or shape mismatch of a tensor exits 65 naming it" {
     printf 'kind model\nmeta {"config": {"hidden_size": 8, "layers": 2}}\ntensor a f32 3x2\n' | "$MK" -o shape.ra
     run ra-merge -o out.ra base.ra shape.ra
