@@ -127,11 +127,11 @@ extern "C" int cuda_decode_create(const cuda_model *m, int B, int T_max, cuda_de
     d->h_lpos = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
     d->h_pos = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
     dec_alloc a = {err, 0, 0};
-    /* the step state first: caches take what is left */
+    /* the caches first: the largest buffers fail first when B is too large */
+    caches_alloc(d, &a);
     d->st = step_state_create(m, B, &a);
     d->d_first = (int32_t *)dmalloc(&a, (size_t)B * 4, "row starts");
     d->logits = (uint16_t *)dmalloc(&a, (size_t)B * c->vocab_size * 2, "the step logits");
-    caches_alloc(d, &a);
     d->bytes = a.bytes + (d->st ? d->st->bytes : 0);
     if (!a.rc) {
         a.rc = cuda_forward_state_create(m, d->prefill_rows, T_max, &d->pf, err);
