@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "hybrid.h"
 #include "stage1.h"
+#include "stage2.h" /* ra_parse_layer_list */
 #include "train_run.h"
 
 static const char usage[] =
@@ -62,29 +63,15 @@ static void parse_args(int argc, char **argv, m1_args *a) {
     if (!a->teacher || !a->student) ra_usage_error("need -m TEACHER and -s STUDENT");
 }
 
-/* "all", or comma-separated layers and ranges A-B, into flags [n]. */
+/* "all", or a layer list (ra_parse_layer_list: 3, 0-15, 1,4-6), into flags [n]. */
 static void parse_layers(const char *spec, int n, uint8_t *flags) {
-    if (!strcmp(spec, "all")) {
-        memset(flags, 1, n);
-        return;
-    }
-    memset(flags, 0, n);
-    const char *p = spec;
-    while (1) {
-        char *end;
-        long lo = strtol(p, &end, 10), hi = lo;
-        if (end == p || lo < 0) ra_usage_error("--layers: '%s': expected all or a list like 0-3,7", spec);
-        if (*end == '-') {
-            const char *q = end + 1;
-            hi = strtol(q, &end, 10);
-            if (end == q || hi < lo) ra_usage_error("--layers: '%s': bad range", spec);
-        }
-        if (hi >= n) ra_usage_error("--layers: layer %ld out of range: the student has layers 0..%d", hi, n - 1);
-        for (long l = lo; l <= hi; l++) flags[l] = 1;
-        if (!*end) break;
-        if (*end != ',') ra_usage_error("--layers: '%s': expected all or a list like 0-3,7", spec);
-        p = end + 1;
-    }
+    memset(flags, !strcmp(spec, "all"), n);
+    if (!strcmp(spec, "all")) return;
+    int *list, count;
+    ra_error err = {0};
+    if (ra_parse_layer_list(spec, n, &list, &count, &err)) ra_usage_error("%s", err.msg);
+    for (int i = 0; i < count; i++) flags[list[i]] = 1;
+    free(list);
 }
 
 static int micro_step(void *ctx, const ra_train_batch *b, float dloss, double *loss, ra_error *err) {

@@ -9,6 +9,7 @@
 #include "loss.h"
 #include "ops.h"
 #include "stage1.h"
+#include "stage2.h"
 
 struct ra_stage1 {
     const ra_model *teacher;
@@ -37,38 +38,7 @@ int ra_stage1_check_models(const ra_model *t, const char *tname, const ra_model 
         return ra_fail(err, EX_DATAERR, "%s: is a hybrid student (meta.hybrid), expected the teacher", tname);
     if (!s->hybrid)
         return ra_fail(err, EX_DATAERR, "%s: is not a hybrid student (no meta.hybrid); make one with ra-graft", sname);
-    const hf_config *a = &t->cfg, *b = &s->cfg;
-#define SAME_INT(f)                                                                                         \
-    if (a->f != b->f)                                                                                       \
-        return ra_fail(err, EX_DATAERR, "%s: config %s is %d, but the teacher %s has %d", sname, #f, (int)b->f, \
-                       tname, (int)a->f);
-    SAME_INT(hidden_size)
-    SAME_INT(intermediate_size)
-    SAME_INT(num_layers)
-    SAME_INT(num_heads)
-    SAME_INT(num_kv_heads)
-    SAME_INT(head_dim)
-    SAME_INT(vocab_size)
-    SAME_INT(rope_type)
-    SAME_INT(rope_original_max_position_embeddings)
-    SAME_INT(qkv_bias)
-    SAME_INT(o_bias)
-#undef SAME_INT
-#define SAME_DBL(f)                                                                                          \
-    if (a->f != b->f)                                                                                        \
-        return ra_fail(err, EX_DATAERR, "%s: config %s is %g, but the teacher %s has %g", sname, #f, b->f, tname, \
-                       a->f);
-    SAME_DBL(rms_norm_eps)
-    SAME_DBL(rope_theta)
-    SAME_DBL(rope_factor)
-    SAME_DBL(rope_low_freq_factor)
-    SAME_DBL(rope_high_freq_factor)
-#undef SAME_DBL
-    const char *tid = s->hybrid->teacher_id;
-    if (tid[0] && t->content_id[0] && strcmp(tid, t->content_id) != 0)
-        return ra_fail(err, EX_DATAERR, "%s: meta.hybrid.teacher is %s, but the teacher %s has content id %s", sname,
-                       tid, tname, t->content_id);
-    return 0;
+    return ra_stage2_check_pair(t, s, err); /* same config, recorded teacher id */
 }
 
 int ra_stage1_pairing(const ra_model *student, int layer, int *heads) {

@@ -65,9 +65,9 @@
 typedef struct ra_stage1 ra_stage1;
 
 /* EX_DATAERR unless teacher is a teacher (no meta.hybrid) and student a
- * hybrid student of the same architecture (every config field the forward
- * uses equal) whose recorded teacher id, when it has one, is teacher's
- * content id.  tname/sname name the inputs in messages. */
+ * hybrid student made from it (ra_stage2_check_pair: configs equal, and the
+ * recorded teacher id, when there is one, is teacher's content id).
+ * tname/sname name the inputs in messages. */
 int ra_stage1_check_models(const ra_model *teacher, const char *tname, const ra_model *student, const char *sname,
                            ra_error *err);
 
