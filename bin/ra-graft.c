@@ -7,9 +7,11 @@
 #include "atomic_file.h"
 #include "cli.h"
 #include "hybrid.h"
+#include "model_init.h"
 
 static const char usage[] =
     "Usage: ra-graft -m TEACHER -p PLAN [options] > student.ra\n"
+    "       ra-graft --random-init CONFIG [--seed S] [--dtype T] > model.ra\n"
     "Build a Transformer-SSM hybrid student: the plan's heads stay attention, every\n"
     "other head becomes a DiscreteMamba2 head; the rest is copied from the teacher.\n"
     "\n"
@@ -22,13 +24,17 @@ static const char usage[] =
     "  --qk-groups G       B/C groups per layer (default one per SSM head)\n"
     "  --init I            mohawk (default), attention (N = head_dim) or svd (N <= head_dim)\n"
     "  --seed S            initialisation seed (default 0)\n"
+    "  --random-init CONFIG  instead of -m/-p: a teacher-shaped model of CONFIG\n"
+    "                      (config.json or its directory) with random weights\n"
+    "                      (matrices normal(0, 0.02), norms 1, biases 0), to\n"
+    "                      pretrain from scratch with ra-mohawk3 --loss ce\n"
     "  --dtype T           f32 (default), bf16 or f16: how the weights are stored\n"
     "  -o FILE             write the student to FILE (default stdout)\n"
     "  -q                  no summary on stderr\n"
     "  --help, --version\n";
 
 typedef struct graft_args {
-    const char *teacher, *plan, *out;
+    const char *teacher, *plan, *out, *random_init;
     ra_graft_opts g;
     int adapter_given;
     ra_dtype dtype;
@@ -46,6 +52,7 @@ static void parse_args(int argc, char **argv, graft_args *a) {
         if (takes_value && f[0] == '-' && !v) ra_usage_error("%s: missing value", f);
         if (!strcmp(f, "-m")) a->teacher = v;
         else if (!strcmp(f, "-p")) a->plan = v;
+        else if (!strcmp(f, "--random-init")) a->random_init = v;
         else if (!strcmp(f, "-o")) a->out = v;
         else if (!strcmp(f, "-q")) ra_progress_quiet = 1;
         else if (!strcmp(f, "--layout")) {
@@ -65,6 +72,10 @@ static void parse_args(int argc, char **argv, graft_args *a) {
         } else if (f[0] == '-') ra_usage_error("unknown option '%s'", f);
         else ra_usage_error("unexpected argument '%s'", f);
         if (takes_value) i++;
+    }
+    if (a->random_init) {
+        if (a->teacher || a->plan) ra_usage_error("--random-init: takes no -m TEACHER or -p PLAN");
+        return;
     }
     if (!a->teacher || !a->plan) ra_usage_error("need -m TEACHER and -p PLAN");
     if (a->g.layout == RA_LAYOUT_PARALLEL) {
@@ -111,12 +122,31 @@ static void print_summary(const ra_model *s, const ra_model *t, const char *id) 
     if (id) fprintf(stderr, "ra-graft: student content id %s\n", id);
 }
 
+/* --random-init: a teacher-shaped model with random weights (lib/model_init.h). */
+static int random_init(const graft_args *a) {
+    ra_error err = {0};
+    ra_model *m;
+    if (ra_model_random_from_config(a->random_init, a->g.seed, RA_INIT_STD, &m, &err)) ra_die_error(&err);
+    json_t *prov = json_pack("{s:s, s:s, s:{s:b, s:I, s:f, s:s}, s:{}}", "tool", "ra-graft", "version", RA_VERSION,
+                             "parameters", "random_init", 1, "seed", (json_int_t)a->g.seed, "std", RA_INIT_STD,
+                             "dtype", ra_dtype_name(a->dtype), "inputs");
+    char id[RA_CONTENT_ID_LEN + 1];
+    if (ra_model_write_stream(m, a->out, a->dtype, prov, id, &err)) ra_die_error(&err);
+    if (!ra_progress_quiet)
+        fprintf(stderr, "ra-graft: random-init model of %s: parameters %lld, seed %llu, content id %s\n",
+                a->random_init, (long long)ra_model_param_count(m), (unsigned long long)a->g.seed, id);
+    json_decref(prov);
+    ra_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     ra_cli_init(argc, argv, "ra-graft", usage);
     graft_args a;
     parse_args(argc, argv, &a);
     ra_error err = {0};
     if (!strcmp(a.out, "-") && ra_check_binary_stdout(&err)) ra_die_error(&err);
+    if (a.random_init) return random_init(&a);
 
     ra_plan plan;
     if (ra_plan_load(a.plan, &plan, &err)) ra_die_error(&err);

@@ -265,7 +265,9 @@ static void mixer_backward(ra_block_acts *a, const ra_layer *g, const float *dmi
     }
 }
 
-void ra_block_backward(ra_block_acts *a, const ra_layer *g, const float *dout) {
+void ra_block_backward(ra_block_acts *a, const ra_layer *g, const float *dout) { ra_block_backward_dx(a, g, dout, NULL); }
+
+void ra_block_backward_dx(ra_block_acts *a, const ra_layer *g, const float *dout, float *dx) {
     const hf_config *c = &a->m->cfg;
     const ra_layer *L = &a->m->layers[a->layer];
     int n = a->n, D = c->hidden_size, I = c->intermediate_size;
@@ -279,9 +281,14 @@ void ra_block_backward(ra_block_acts *a, const ra_layer *g, const float *dout) {
     add_into(a->dhn, a->tmp, nd);
     rmsnorm_backward(a->tmp, g->post_norm, a->dhn, a->h, L->post_norm, a->rstd2, n, D);
     add_into(a->dh, a->tmp, nd);
-    /* h = x + mixer(RMSNorm(x)); x is the teacher's: only parameter grads. */
+    /* h = x + mixer(RMSNorm(x)): dx = dh + RMSNorm's backward of dxn.  In
+     * stage 2, x is the teacher's and dx is not wanted. */
     mixer_backward(a, g, a->dh);
-    rmsnorm_backward(NULL, g->input_norm, a->dxn, a->x, L->input_norm, a->rstd1, n, D);
+    rmsnorm_backward(dx ? a->tmp : NULL, g->input_norm, a->dxn, a->x, L->input_norm, a->rstd1, n, D);
+    if (dx) {
+        /* dout is no longer read (it was copied into dh first), so dx may alias it. */
+        for (size_t i = 0; i < nd; i++) dx[i] = a->dh[i] + a->tmp[i];
+    }
 }
 
 double ra_block_stage2(ra_block_acts *a, const ra_layer *g, float *out, const float *x, const float *target,

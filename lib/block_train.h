@@ -9,11 +9,11 @@
  *   h   = x + mix
  *   out = h + down(silu(gate(hn))·up(hn)),  hn = RMSNorm(h; post_attention_layernorm)
  *
- * The input x is the teacher's hidden state entering the layer, so no input
- * gradient is computed.  Parameter gradients ACCUMULATE (lib/ops.h
- * conventions); they live in a ra_layer whose arrays mirror the model
- * layer's (ra_block_grads), with the frozen ones NULL (--train mixer: the
- * two norms and the MLP).  Implemented in lib/block_train.c. */
+ * In stage 2 the input x is the teacher's hidden state entering the layer,
+ * so no input gradient is needed; ra_block_backward_dx also computes it.
+ * Parameter gradients ACCUMULATE (lib/ops.h conventions); they live in a
+ * ra_layer whose arrays mirror the model layer's (ra_block_grads), with the
+ * frozen ones NULL (--train mixer: the two norms and the MLP).  Implemented in lib/block_train.c. */
 #ifndef RA_BLOCK_TRAIN_H
 #define RA_BLOCK_TRAIN_H
 
@@ -53,6 +53,10 @@ void ra_block_forward(ra_block_acts *a, float *out, const float *x, const int32_
 
 /* Given dout [B·T, D], accumulate into g (NULL arrays skipped). */
 void ra_block_backward(ra_block_acts *a, const ra_layer *g, const float *dout);
+/* The same, and dx [B·T, D] (overwritten; NULL = not wanted) receives the
+ * gradient with respect to the block's input x, for whole-model training
+ * (lib/model_train.h).  dx may be the same memory as dout. */
+void ra_block_backward_dx(ra_block_acts *a, const ra_layer *g, const float *dout, float *dx);
 
 /* Stage-2 loss of the block on one batch: L = mean over tokens of
  * ‖block(x) − target‖₂; with g non-NULL, accumulates dloss·∂L/∂θ into g.

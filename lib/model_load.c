@@ -172,8 +172,10 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
             if (!find_spec(sorted, n, st->tensors[i].name)) note_extra(&x, st->tensors[i].name, &c);
         warn_extras(m, &x);
         free(sorted);
-        /* bf16/f16/f32 → f32, one tensor per thread (pages fault in in parallel) */
-#pragma omp parallel for schedule(dynamic, 1)
+        /* bf16/f16/f32 → f32, tensor after tensor, each split over every
+         * core by ra_convert_to_f32 (so the 262M-element embedding of a
+         * 128k vocabulary does not run on one thread while the others idle;
+         * the pages of source and destination fault in in parallel). */
         for (int i = 0; i < n; i++) {
             *specs[i].data = xmalloc((size_t)spec_numel(&specs[i]) * sizeof(float));
             ra_convert_to_f32(*specs[i].data, src[i]->data, src[i]->dtype, (size_t)spec_numel(&specs[i]));
@@ -280,6 +282,12 @@ int ra_model_load(const char *path, ra_model **out, ra_error *err) {
 
 int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
                           char *content_id, ra_error *err) {
+    return ra_model_write_stream_subset(m, path, dtype, provenance, NULL, NULL, content_id, err);
+}
+
+int ra_model_write_stream_subset(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
+                                 int (*keep)(const char *name, void *arg), void *arg, char *content_id,
+                                 ra_error *err) {
     if (dtype != RA_BF16 && dtype != RA_F16 && dtype != RA_F32)
         return ra_fail(err, EX_USAGE, "model stream dtype %s: expected bf16, f16 or f32", ra_dtype_name(dtype));
     json_t *meta = json_object();
@@ -291,7 +299,8 @@ int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, c
     ra_model_tensor *t;
     int n = ra_model_tensor_list((ra_model *)m, &t), rc = 0;
     for (int i = 0; i < n && !rc; i++)
-        rc = ra_writer_tensor_from_f32(w, t[i].name, dtype, t[i].ndim, t[i].shape, *t[i].data, err);
+        if (!keep || keep(t[i].name, arg))
+            rc = ra_writer_tensor_from_f32(w, t[i].name, dtype, t[i].ndim, t[i].shape, *t[i].data, err);
     free(t);
     if (rc) {
         ra_writer_abort(w);

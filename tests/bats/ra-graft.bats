@@ -190,3 +190,42 @@ meta() { "$H/ra-testdata" describe "$1" | sed -n 's/^meta //p'; }
     assert_output --partial "hybrid student"
     [ ! -e "$T/s2.ra" ]
 }
+
+@test "--random-init: a teacher-shaped model of a config, deterministic per seed, usable as a teacher" {
+    ra-graft -q --random-init "$T/m/config.json" --seed 3 -o "$T/r1.ra"
+    ra-graft -q --random-init "$T/m" --seed 3 -o "$T/r2.ra"   # the directory works too
+    ra-graft -q --random-init "$T/m" --seed 4 -o "$T/r3.ra"
+    cmp "$T/r1.ra" "$T/r2.ra"
+    ! cmp -s "$T/r1.ra" "$T/r3.ra"
+    run "$H/ra-testdata" describe "$T/r1.ra"
+    assert_line "kind model"
+    assert_line "tensor model.layers.2.self_attn.k_proj.weight f32 16x32"
+    assert_line "tensor lm_head.weight f32 64x32"
+    refute_output --partial "hybrid"
+    [ "$(meta "$T/r1.ra" | jq -c '.config.hidden_size, .config.num_hidden_layers')" = "$(printf '32\n3')" ]
+    # norms 1, matrices small and centred (normal, std 0.02)
+    ra-show -q --json "$T/r1.ra" > "$T/r1.json"
+    [ "$(jq -c '[.tensors[] | select(.name == "model.norm.weight") | .values[]] | unique' "$T/r1.json")" = "[1]" ]
+    jq -e '[.tensors[] | select(.name == "model.embed_tokens.weight") | .values[]] as $v
+           | ($v | add / length | fabs < 0.002) and ($v | map(. * .) | add / length | sqrt | . > 0.018 and . < 0.022)' \
+        "$T/r1.json"
+    # it grafts like any teacher (its plan names its own content id)
+    RID=$("$H/ra-testdata" id "$T/r1.ra")
+    scores "$RID" "$T/rs.ra"
+    ra-rank -q --top 4 -o "$T/rp.ra" "$T/rs.ra"
+    run ra-graft -q -m "$T/r1.ra" -p "$T/rp.ra" -o "$T/rst.ra"
+    assert_success
+}
+
+@test "--random-init: refusals" {
+    run ra-graft --random-init "$T/m" -m "$T/m" -o "$T/x.ra"
+    assert_failure 64
+    assert_output --partial "--random-init: takes no -m"
+    run ra-graft --random-init "$T/nothere" -o "$T/x.ra"
+    assert_failure 66
+    echo '{"model_type": "gpt2", "hidden_size": 8}' > "$T/bad.json"
+    run ra-graft --random-init "$T/bad.json" -o "$T/x.ra"
+    assert_failure 65
+    assert_output --partial "model_type"
+    [ ! -e "$T/x.ra" ]
+}

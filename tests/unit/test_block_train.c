@@ -11,6 +11,7 @@
 #include "forward.h"
 #include "gradcheck.h"
 #include "hybrid_fixture.h"
+#include "loss.h"
 
 enum { B = 2, T = 7 };
 
@@ -107,6 +108,39 @@ static void check_layer(ra_layout layout, int layer, int mixer_only) {
     ra_model_free(m);
 }
 
+/* ra_block_backward_dx: the input gradient (whole-model training), in
+ * place over dout, against finite differences of the stage-2 loss in x. */
+static void check_input_gradient(ra_layout layout, int layer) {
+    ra_model *m = student(layout);
+    EXPECT(m != NULL);
+    if (!m) return;
+    int D = m->cfg.hidden_size;
+    test_seed(2000 + layer);
+    float *x = gc_rnd((size_t)B * T * D, 1.0f), *target = gc_rnd((size_t)B * T * D, 1.0f);
+    float *out = calloc((size_t)B * T * D, sizeof(float));
+    ra_error err = {0};
+    ra_block_acts *a = ra_block_acts_create(m, layer, B, T, &err);
+    ra_block_grads *g = ra_block_grads_create(m, layer, 1);
+    ra_block_forward(a, out, x, doc_start, B, T);
+    loss_l2_backward(out, out, target, B * T, D, 1.0f);
+    ra_block_backward_dx(a, &g->g, out, out); /* out: dout, then dx */
+    fd_ctx c = {a, NULL, x, target};
+    float *scratch = calloc((size_t)B * T * D, sizeof(float));
+    c.out = scratch;
+    char what[96];
+    snprintf(what, sizeof what, "%s layer %d: dx", ra_layout_name(layout), layer);
+    gc_check(what, x, (size_t)B * T * D, out, objective, &c, 40, 2e-3f, 3e-2);
+    ra_block_grads_free(g);
+    ra_block_acts_free(a);
+    free(x), free(target), free(out), free(scratch);
+    ra_model_free(m);
+}
+
+TEST(input_gradient) {
+    check_input_gradient(RA_LAYOUT_ROUTED, 0), check_input_gradient(RA_LAYOUT_ROUTED, 2);
+    check_input_gradient(RA_LAYOUT_PARALLEL, 0), check_input_gradient(RA_LAYOUT_PARALLEL, 1);
+}
+
 TEST(routed_mixed_layer_gradients) { check_layer(RA_LAYOUT_ROUTED, 0, 0); check_layer(RA_LAYOUT_ROUTED, 1, 0); }
 TEST(parallel_mixed_layer_gradients) { check_layer(RA_LAYOUT_PARALLEL, 0, 0); check_layer(RA_LAYOUT_PARALLEL, 1, 0); }
 TEST(pure_ssm_layer_gradients) { check_layer(RA_LAYOUT_ROUTED, 2, 0); check_layer(RA_LAYOUT_PARALLEL, 2, 0); }
@@ -118,5 +152,6 @@ int main(void) {
     RUN(parallel_mixed_layer_gradients);
     RUN(pure_ssm_layer_gradients);
     RUN(train_mixer_freezes_norms_and_mlp);
+    RUN(input_gradient);
     return test_summary();
 }
