@@ -137,6 +137,13 @@ int ra_model_load_stream(const char *path, ra_model **out, ra_error *err);
 int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
                           char *content_id, ra_error *err);
 
+/* The same with only the tensors for which keep(name, arg) returns non-zero
+ * (keep NULL: all), e.g. the per-layer parts of MOHAWK stage 2, which
+ * ra-merge overlays on the full model (the meta is the whole model's). */
+int ra_model_write_stream_subset(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
+                                 int (*keep)(const char *name, void *arg), void *arg, char *content_id,
+                                 ra_error *err);
+
 void ra_model_free(ra_model *m);
 
 #endif

@@ -280,6 +280,12 @@ int ra_model_load(const char *path, ra_model **out, ra_error *err) {
 
 int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
                           char *content_id, ra_error *err) {
+    return ra_model_write_stream_subset(m, path, dtype, provenance, NULL, NULL, content_id, err);
+}
+
+int ra_model_write_stream_subset(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
+                                 int (*keep)(const char *name, void *arg), void *arg, char *content_id,
+                                 ra_error *err) {
     if (dtype != RA_BF16 && dtype != RA_F16 && dtype != RA_F32)
         return ra_fail(err, EX_USAGE, "model stream dtype %s: expected bf16, f16 or f32", ra_dtype_name(dtype));
     json_t *meta = json_object();
@@ -291,7 +297,8 @@ int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, c
     ra_model_tensor *t;
     int n = ra_model_tensor_list((ra_model *)m, &t), rc = 0;
     for (int i = 0; i < n && !rc; i++)
-        rc = ra_writer_tensor_from_f32(w, t[i].name, dtype, t[i].ndim, t[i].shape, *t[i].data, err);
+        if (!keep || keep(t[i].name, arg))
+            rc = ra_writer_tensor_from_f32(w, t[i].name, dtype, t[i].ndim, t[i].shape, *t[i].data, err);
     free(t);
     if (rc) {
         ra_writer_abort(w);
