@@ -149,6 +149,7 @@ static void baseline_means(const probe_outcome *b, int n, double *acc, double *l
 }
 
 int main(int argc, char **argv) {
+    double t_start = ra_now();
     ra_cli_init(argc, argv, "ra-probe", usage);
     probe_cli o;
     parse_args(argc, argv, &o);
@@ -176,10 +177,14 @@ int main(int argc, char **argv) {
     if (ra_forward_backend_get(o.device, &be, &err)) ra_die_error(&err);
     if (!o.batch) o.batch = o.device == RA_DEVICE_CUDA ? 128 : 16;
 
-    double t_load = ra_now();
+    /* where the wall time goes before the probe proper: start (words,
+     * prompts, CUDA context), tokenizer, model, tokenising the prompts */
+    double t_load = ra_now(), t_begin = t_load - t_start;
     ra_tokenizer *tok = load_tokenizer(&o);
+    double t_tok = ra_now() - t_load;
     ra_model *m;
     if (ra_model_load(o.model, &m, &err)) ra_die_error(&err);
+    double t_model = ra_now() - t_load - t_tok;
     if (m->hybrid) /* heads are scored against the teacher's own layout */
         ra_die(EX_DATAERR, "%s: is a hybrid student (meta.hybrid); ra-probe scores the heads of a teacher", o.model);
     if (m->warning[0] && !ra_progress_quiet) fprintf(stderr, "ra-probe: %s\n", m->warning);
@@ -283,9 +288,10 @@ int main(int argc, char **argv) {
                 ra_device_name(o.device), ra_now() - t0);
     if (!ra_progress_quiet)
         fprintf(stderr,
-                "ra-probe: timing: load %.2f s, to device %.2f s, attribution %.2f s, exact %.2f s (%d heads), "
-                "total %.2f s (attribution + exact)\n",
-                t_load, t_up, t_attr, t_exact, o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact);
+                "ra-probe: timing: start %.2f s, load %.2f s (tokenizer %.2f, model %.2f, prompts %.2f), to device %.2f s, "
+                "attribution %.2f s, exact %.2f s (%d heads), total %.2f s (attribution + exact), wall %.2f s\n",
+                t_begin, t_load, t_tok, t_model, t_load - t_tok - t_model, t_up, t_attr, t_exact,
+                o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact, ra_now() - t_start);
     probe_device_end();
     json_decref(meta);
     json_decref(prov);

@@ -49,7 +49,9 @@ void cuda_memset(void *p, int byte, size_t bytes);
 void cuda_upload(void *dst, const void *src, size_t bytes);   /* host -> device */
 void cuda_download(void *dst, const void *src, size_t bytes); /* device -> host */
 void cuda_copy(void *dst, const void *src, size_t bytes);     /* device -> device */
-/* Convert on the host and copy: fp32 host <-> bf16 device (round to nearest even). */
+/* Convert on the host and copy: fp32 host <-> bf16 device (round to nearest even,
+ * bit for bit ra_f32_to_bf16).  Uploads of 2^22 elements or more convert on
+ * every core into pinned staging buffers while the previous chunk copies. */
 void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n);
 void cuda_download_bf16(float *dst, const uint16_t *src, size_t n);
 /* bf16 device -> fp32 device. */

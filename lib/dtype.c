@@ -74,19 +74,59 @@ float ra_f16_to_f32(uint16_t h) {
     return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
-void ra_convert_to_f32(float *dst, const void *src, ra_dtype st, size_t n) {
-    const unsigned char *p = src;
+/* Conversions of large arrays (model weights: up to a billion elements) run
+ * on every core: a parallel loop over blocks when n is large enough to pay
+ * for the threads.  Each element is converted by the same scalar function,
+ * so the result does not depend on the thread count.  Inside an enclosing
+ * parallel region (lib/model_load.c) the loop runs on the calling thread. */
+#define CONVERT_PARALLEL_MIN ((size_t)1 << 20)
+#define CONVERT_BLOCK ((size_t)1 << 16)
+
+static void bf16_block_to_f32(float *dst, const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint16_t v;
+        memcpy(&v, p + 2 * i, 2);
+        dst[i] = ra_bf16_to_f32(v);
+    }
+}
+
+static void f32_block_to_bf16(unsigned char *p, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint16_t v = ra_f32_to_bf16(src[i]);
+        memcpy(p + 2 * i, &v, 2);
+    }
+}
+
+static void to_f32_serial(float *dst, const unsigned char *p, ra_dtype st, size_t n) {
+    switch (st) { /* the common cases as tight loops, the rest element by element */
+    case RA_BF16: bf16_block_to_f32(dst, p, n); return;
+    case RA_F32: memcpy(dst, p, n * 4); return;
+    default: break;
+    }
     for (size_t i = 0; i < n; i++) {
         switch (st) {
-        case RA_BF16: { uint16_t v; memcpy(&v, p + 2 * i, 2); dst[i] = ra_bf16_to_f32(v); break; }
         case RA_F16: { uint16_t v; memcpy(&v, p + 2 * i, 2); dst[i] = ra_f16_to_f32(v); break; }
-        case RA_F32: memcpy(dst + i, p + 4 * i, 4); break;
         case RA_F64: { double v; memcpy(&v, p + 8 * i, 8); dst[i] = (float)v; break; }
         case RA_I32: { int32_t v; memcpy(&v, p + 4 * i, 4); dst[i] = (float)v; break; }
         case RA_I64: { int64_t v; memcpy(&v, p + 8 * i, 8); dst[i] = (float)v; break; }
         case RA_U8: dst[i] = (float)p[i]; break;
         default: dst[i] = NAN;
         }
+    }
+}
+
+void ra_convert_to_f32(float *dst, const void *src, ra_dtype st, size_t n) {
+    const unsigned char *p = src;
+    size_t es = ra_dtype_size(st) ? ra_dtype_size(st) : 1;
+    if (n < CONVERT_PARALLEL_MIN) {
+        to_f32_serial(dst, p, st, n);
+        return;
+    }
+    long nb = (long)((n + CONVERT_BLOCK - 1) / CONVERT_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < nb; b++) {
+        size_t off = (size_t)b * CONVERT_BLOCK, m = n - off < CONVERT_BLOCK ? n - off : CONVERT_BLOCK;
+        to_f32_serial(dst + off, p + off * es, st, m);
     }
 }
 
@@ -101,19 +141,36 @@ void ra_convert_to_f64(double *dst, const void *src, ra_dtype st, size_t n) {
     }
 }
 
-void ra_convert_from_f32(void *dst, ra_dtype dt, const float *src, size_t n) {
-    unsigned char *p = dst;
+static void from_f32_serial(unsigned char *p, ra_dtype dt, const float *src, size_t n) {
+    switch (dt) {
+    case RA_BF16: f32_block_to_bf16(p, src, n); return;
+    case RA_F32: memcpy(p, src, n * 4); return;
+    default: break;
+    }
     for (size_t i = 0; i < n; i++) {
         switch (dt) {
-        case RA_BF16: { uint16_t v = ra_f32_to_bf16(src[i]); memcpy(p + 2 * i, &v, 2); break; }
         case RA_F16: { uint16_t v = ra_f32_to_f16(src[i]); memcpy(p + 2 * i, &v, 2); break; }
-        case RA_F32: memcpy(p + 4 * i, src + i, 4); break;
         case RA_F64: { double v = src[i]; memcpy(p + 8 * i, &v, 8); break; }
         case RA_I32: { int32_t v = (int32_t)lrintf(src[i]); memcpy(p + 4 * i, &v, 4); break; }
         case RA_I64: { int64_t v = (int64_t)llrintf(src[i]); memcpy(p + 8 * i, &v, 8); break; }
         case RA_U8: p[i] = (unsigned char)lrintf(src[i]); break;
         default: break;
         }
+    }
+}
+
+void ra_convert_from_f32(void *dst, ra_dtype dt, const float *src, size_t n) {
+    unsigned char *p = dst;
+    size_t es = ra_dtype_size(dt);
+    if (n < CONVERT_PARALLEL_MIN || !es) {
+        from_f32_serial(p, dt, src, n);
+        return;
+    }
+    long nb = (long)((n + CONVERT_BLOCK - 1) / CONVERT_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < nb; b++) {
+        size_t off = (size_t)b * CONVERT_BLOCK, m = n - off < CONVERT_BLOCK ? n - off : CONVERT_BLOCK;
+        from_f32_serial(p + off * es, dt, src + off, m);
     }
 }
 

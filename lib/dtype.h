@@ -31,7 +31,9 @@ uint16_t ra_f32_to_f16(float f);
 float ra_f16_to_f32(uint16_t h);
 
 /* Convert n elements of src (type st) to f32 / f64 / from f32.  Integer types
- * convert by value.  Buffers must not overlap. */
+ * convert by value.  Buffers must not overlap.  ra_convert_to_f32 and
+ * ra_convert_from_f32 split arrays of 2^20 elements or more over every core
+ * (OpenMP); the result does not depend on the thread count. */
 void ra_convert_to_f32(float *dst, const void *src, ra_dtype st, size_t n);
 void ra_convert_to_f64(double *dst, const void *src, ra_dtype st, size_t n);
 void ra_convert_from_f32(void *dst, ra_dtype dt, const float *src, size_t n);

@@ -172,8 +172,10 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
             if (!find_spec(sorted, n, st->tensors[i].name)) note_extra(&x, st->tensors[i].name, &c);
         warn_extras(m, &x);
         free(sorted);
-        /* bf16/f16/f32 → f32, one tensor per thread (pages fault in in parallel) */
-#pragma omp parallel for schedule(dynamic, 1)
+        /* bf16/f16/f32 → f32, tensor after tensor, each split over every
+         * core by ra_convert_to_f32 (so the 262M-element embedding of a
+         * 128k vocabulary does not run on one thread while the others idle;
+         * the pages of source and destination fault in in parallel). */
         for (int i = 0; i < n; i++) {
             *specs[i].data = xmalloc((size_t)spec_numel(&specs[i]) * sizeof(float));
             ra_convert_to_f32(*specs[i].data, src[i]->data, src[i]->dtype, (size_t)spec_numel(&specs[i]));

@@ -92,11 +92,58 @@ TEST(dtype_names_parse) {
     EXPECT(ra_shape_numel(1, neg) == -1);
 }
 
+/* Arrays of 2^20 elements or more convert on every core, in blocks: the
+ * result must equal the element-by-element scalar conversion for every
+ * dtype, both directions, with a length that leaves a ragged last block and
+ * random bit patterns (NaN, Inf, subnormals included). */
+TEST(large_array_conversions_equal_the_scalar_ones) {
+    test_seed(31);
+    size_t n = ((size_t)3 << 20) + 12345;
+    const ra_dtype types[] = {RA_BF16, RA_F16, RA_F32, RA_F64, RA_I32, RA_I64, RA_U8};
+    uint8_t *raw = malloc(n * 8);
+    for (size_t i = 0; i < n * 8; i++) raw[i] = (uint8_t)test_rand_u64();
+    float *f = malloc(n * sizeof(float)), *one = malloc(sizeof(float));
+    for (size_t i = 0; i < n; i++) f[i] = (float)(test_randf() * 1e4);
+    float *got = malloc(n * sizeof(float));
+    uint8_t *out = malloc(n * 8), *ref = malloc(8);
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        ra_dtype t = types[k];
+        size_t es = ra_dtype_size(t), bad = 0;
+        ra_convert_to_f32(got, raw, t, n);
+        for (size_t i = 0; i < n; i++) {
+            ra_convert_to_f32(one, raw + i * es, t, 1);
+            uint32_t a, b;
+            memcpy(&a, one, 4), memcpy(&b, got + i, 4);
+            bad += a != b;
+        }
+        EXPECT_MSG(bad == 0, "to f32 from %s: %zu of %zu differ", ra_dtype_name(t), bad, n);
+        bad = 0;
+        ra_convert_from_f32(out, t, f, n);
+        for (size_t i = 0; i < n; i++) {
+            ra_convert_from_f32(ref, t, f + i, 1);
+            bad += memcmp(ref, out + i * es, es) != 0;
+        }
+        EXPECT_MSG(bad == 0, "from f32 to %s: %zu of %zu differ", ra_dtype_name(t), bad, n);
+    }
+    /* and bf16 specifically against the definition of the format */
+    size_t bad = 0;
+    ra_convert_to_f32(got, raw, RA_BF16, n);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        uint32_t u;
+        memcpy(&h, raw + 2 * i, 2), memcpy(&u, got + i, 4);
+        bad += u != (uint32_t)h << 16;
+    }
+    EXPECT_MSG(bad == 0, "bf16 -> f32: %zu of %zu are not the bits shifted up", bad, n);
+    free(raw), free(f), free(one), free(got), free(out), free(ref);
+}
+
 int main(void) {
     RUN(bf16_rounds_to_nearest_even);
     RUN(bf16_keeps_nan_and_inf);
     RUN(f16_rounds_to_nearest_even_with_subnormals);
     RUN(every_f16_and_bf16_value_round_trips);
     RUN(dtype_names_parse);
+    RUN(large_array_conversions_equal_the_scalar_ones);
     return test_summary();
 }
