@@ -47,9 +47,9 @@ static void check_greedy(const ra_model *m) {
         memcpy(seq, buf[i], (size_t)lens[i] * sizeof(int32_t));
         for (int g = 0; g < MAX_NEW; g++) seq[lens[i] + g] = ref[i][g] = ref_next(m, seq, lens[i] + g);
     }
-    const eval_decoder *dec;
+    const ra_decode_backend *dec;
     ra_error err = {0};
-    EXPECT(eval_decoder_get(RA_DEVICE_CPU, &dec, &err) == 0);
+    EXPECT(ra_decode_backend_get(RA_DEVICE_CPU, &dec, &err) == 0);
     int32_t *out[N];
     int out_len[N];
     /* item 3 ends at EOS = its third reference token (unless earlier ones equal it) */
@@ -109,8 +109,8 @@ TEST(ablation_is_refused) {
     eval_results r;
     eval_results_init(&r);
     ra_error err = {0};
-    const eval_decoder *dec;
-    EXPECT(eval_decoder_get(RA_DEVICE_CPU, &dec, &err) == 0);
+    const ra_decode_backend *dec;
+    EXPECT(ra_decode_backend_get(RA_DEVICE_CPU, &dec, &err) == 0);
     EXPECT_EQ_INT(eval_gen(&em, NULL, dec, NULL, &set, &o, &r, &err), EX_USAGE);
     EXPECT(strstr(err.msg, "--ablate") != NULL);
     eval_results_free(&r);
