@@ -56,6 +56,8 @@ UNIT     += build/tests/test_flash_sim
 # The SSD and DiscreteMamba2 kernels compiled for the host against a warp
 # simulator (tests/unit/cuda_sim.h) and checked against their CPU twins.
 UNIT     += build/tests/test_ssd_sim
+# The decode attention kernel on the same simulator, against float64 attention.
+UNIT     += build/tests/test_decode_sim
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/tests/%,$(wildcard tests/gpu/test_*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 MAN      := $(wildcard man/*.[157])
@@ -109,6 +111,10 @@ build/tests/test_ssd_sim: tests/unit/test_ssd_sim.cpp tests/unit/cuda_sim.h kern
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ilib -Ikernels -Itests/unit $< -o $@ \
 	    $(LDFLAGS) lib/libra.a $(BASE_LDLIBS)
+
+build/tests/test_decode_sim: tests/unit/test_decode_sim.cpp tests/unit/cuda_sim.h kernels/decode_attention.cuh
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Ilib -Ikernels -Itests/unit $< -o $@
 
 build/tests/test_gpu_%: tests/gpu/test_gpu_%.c tests/unit/test.h lib/libra.a
 	@mkdir -p $(@D)

@@ -1,4 +1,7 @@
 /* Kernels of the hybrid mixer and of decoding; see kernels/hybrid_ops_cuda.h. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_common.cuh"
 #include "hybrid_ops_cuda.h"
 
@@ -242,11 +245,41 @@ __global__ void decode_attention_kernel(bf16 *out, const bf16 *q, int64_t ldq, c
     }
 }
 
+#include "decode_attention.cuh"
+
+template <int QB>
+static void launch_octet(uint16_t *out, const uint16_t *q, int64_t ldq, const uint16_t *ck, const uint16_t *cv,
+                         const int32_t *first, int last, int B, int nq, int nkv, int hd, int T_max) {
+    const int qg = nq / nkv, chunks = (qg + QB - 1) / QB, threads = QB <= 4 ? 256 : 128, G = threads / (hd / 8);
+    const size_t smem = sizeof(float) * (size_t)G * QB * (2 + hd);
+    dak_octet_kernel<QB><<<dim3((unsigned)(nkv * B), (unsigned)chunks), threads, smem, ra_cuda_stream>>>(
+        (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)ck, (const bf16 *)cv, first, last, nq, nkv, hd, T_max);
+    CUDA_CHECK_LAST();
+}
+
+static int simple_decode_attention(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("RA_DECODE_ATTENTION");
+        v = e && !strcmp(e, "simple");
+    }
+    return v;
+}
+
 extern "C" void cuda_decode_attention(uint16_t *out, const uint16_t *q, int64_t ldq, const uint16_t *cache_k,
                                       const uint16_t *cache_v, const int32_t *first, int last, int B, int nq, int nkv,
                                       int hd, int T_max) {
     if (B <= 0 || nq <= 0) return;
     const int qg = nq / nkv, half = hd / 2;
+    const bool octet = hd % 8 == 0 && 32 % (hd / 8) == 0 && ra_aligned16(q) && ldq % 8 == 0 && ra_aligned16(cache_k) &&
+                       ra_aligned16(cache_v) && !simple_decode_attention();
+    if (octet) {
+        if (qg == 1) launch_octet<1>(out, q, ldq, cache_k, cache_v, first, last, B, nq, nkv, hd, T_max);
+        else if (qg == 2) launch_octet<2>(out, q, ldq, cache_k, cache_v, first, last, B, nq, nkv, hd, T_max);
+        else if (qg <= 4) launch_octet<4>(out, q, ldq, cache_k, cache_v, first, last, B, nq, nkv, hd, T_max);
+        else launch_octet<8>(out, q, ldq, cache_k, cache_v, first, last, B, nq, nkv, hd, T_max);
+        return;
+    }
     int qb = 512 / half;
     if (qb < 1) qb = 1;
     if (qb > qg) qb = qg;

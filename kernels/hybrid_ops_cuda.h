@@ -49,7 +49,10 @@ void cuda_kv_cache_write(uint16_t *cache_k, uint16_t *cache_v, const uint16_t *s
  * column i·hd), q token b head i at q + b·ldq + i·hd, cache [B, nkv,
  * T_max, hd] (query head i reads KV head i / (nq/nkv)), keys
  * first[b] .. last inclusive (device first [B]).  Softmax in fp32 with
- * scale 1/sqrt(hd). */
+ * scale 1/sqrt(hd).  Head dims 16, 32, 64, 128, 256 take a kernel reading
+ * each key row with 16-byte loads (several keys per warp, online softmax
+ * per key group); other head dims, or RA_DECODE_ATTENTION=simple in the
+ * environment, a tiled kernel with one thread per key. */
 void cuda_decode_attention(uint16_t *out, const uint16_t *q, int64_t ldq, const uint16_t *cache_k,
                            const uint16_t *cache_v, const int32_t *first, int last, int B, int nq, int nkv, int hd,
                            int T_max);

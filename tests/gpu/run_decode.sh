@@ -24,4 +24,7 @@ make "${MAKEVARS[@]}" test-gpu >"$OUT/test-gpu.log" 2>&1
 grep -E '^(not ok|#   [a-z].*rel_l2|#   tests/|#   decode:)' "$OUT/test-gpu.log" | grep -vE '^#   (conv|decay|step|mixer|ssd|probe)' | head -n 80
 grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/test-gpu.log" | tail -n 1
 echo "== test-gpu ($(( $(date +%s) - t1 )) s)"
+# the tiled fallback kernel of the decode attention (other head dims) on the same cases
+RA_DECODE_ATTENTION=simple build/tests/test_gpu_decode >"$OUT/test-gpu-decode-simple.log" 2>&1
+echo "== test_gpu_decode with RA_DECODE_ATTENTION=simple: $(grep -c '^ok' "$OUT/test-gpu-decode-simple.log") ok, $(grep -c '^not ok' "$OUT/test-gpu-decode-simple.log") not ok"
 [ "${SKIP_BENCH:-0}" = 1 ] || bench/decode.sh
