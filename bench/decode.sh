@@ -100,6 +100,7 @@ if t and p:
           f"{float(t['prefill_tokens_per_s']) / max(float(p['prefill_tokens_per_s']), 1):.2f}x prefill tokens/s.")
 if p:
     print(f"\ntorch {p.get('torch', '?')}, transformers {p.get('transformers', '?')}.")
+print("\nNotes: the transformers side runs eagerly (no torch.compile, which is what a static cache is made for; its mask over the whole static cache and the GQA expansion of K/V make each step slow).  ra's teacher step at B = 1024 reads 128 GiB of KV cache in 84 ms, 1.6 TB/s: under the H200's ~4.8 TB/s, so its decode attention kernel (kernels/decode_attention.cuh, one block per row and KV head) has room left; the hybrid/teacher ratios would shrink if it were faster.  The hybrid's state per sequence is 12.19 MB here against 11.01 MB in DESIGN §2.6 because its SSM and conv states are fp32 (1.05 + 0.66 MB) rather than bf16.")
 print("\nPeak memory: ra = device memory in use after the steps minus before the model was made (cudaMemGetInfo: "
       "weights, caches, prefill and step activations, logits, cuBLAS workspace); transformers = "
       "torch.cuda.max_memory_allocated during the batch.\n")
