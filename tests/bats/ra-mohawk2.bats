@@ -7,6 +7,7 @@ load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
 setup_file() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
     H="$BATS_TEST_DIRNAME/../../build/tests"
     F="$BATS_FILE_TMPDIR"
     "$H/mk-hf" --layers 3 --seed 7 "$F/m" >/dev/null
@@ -27,6 +28,7 @@ setup_file() {
 }
 
 setup() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
     H="$BATS_TEST_DIRNAME/../../build/tests"
     F="$BATS_FILE_TMPDIR"
     T="$BATS_TEST_TMPDIR"
