@@ -65,3 +65,20 @@ setup() {
     assert_failure
     assert_output --partial "TOKENS= (a tokens stream, ra-tok) is required"
 }
+
+@test "distill.mk: the whole pipeline to results (with STAGE1=1), then nothing to do" {
+    ALL=("${MK[@]}" S3_FLAGS="--seq-len 16 --batch 2 --steps 2 -q" EVAL_FLAGS="--task logits --device cpu -q")
+    run "${ALL[@]}" STAGE1=1 S1_FLAGS="--seq-len 16 --batch 2 --steps 2 -q"
+    assert_success
+    keys=$("${ALL[@]}" STAGE1=1 S1_FLAGS="--seq-len 16 --batch 2 --steps 2 -q" print-KEYS)
+    for f in $keys; do ra-show -q --verify "$f" >/dev/null; done
+    [ "$(basename "$(sed -n 4p <<<"$keys")")" != "$(basename "$(sed -n 3p <<<"$keys")")" ] # student1 exists
+    [ "$(ra-show --json "$(sed -n 7p <<<"$keys")" | jq -r .kind)" = results ]
+    run "${ALL[@]}" STAGE1=1 S1_FLAGS="--seq-len 16 --batch 2 --steps 2 -q" -q
+    assert_success
+    # without stage 1 the stage-2 student is made from student0 directly
+    run "${ALL[@]}" -n student2
+    assert_output --partial "ra-mohawk2"
+    refute_output --partial "ra-mohawk1"
+    refute_output --partial "ra-graft"
+}
