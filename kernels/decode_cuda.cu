@@ -14,38 +14,24 @@ extern "C" {
 
 #define PREFILL_TOKENS 16384 /* tokens per prefill group */
 
-typedef struct {
-    ra_error *err;
-    int rc;
-    size_t bytes;
-} dec_alloc;
-
-static void *dmalloc(dec_alloc *a, size_t bytes, const char *what) {
-    if (a->rc) return NULL;
-    void *p = NULL;
-    a->rc = cuda_malloc_try(&p, bytes, what, a->err);
-    if (!a->rc) a->bytes += bytes;
-    return p;
-}
-
 /* The step's activations: a forward state of B rows of one token, built
  * here so it carries no chunked-SSD buffers (the step uses the caches). */
-static cuda_forward_state *step_state_create(const cuda_model *m, int B, dec_alloc *a) {
+static cuda_forward_state *step_state_create(const cuda_model *m, int B, cuda_alloc_ctx *a) {
     const hf_config *c = &m->cfg;
     cuda_forward_state *s = (cuda_forward_state *)xcalloc(1, sizeof *s);
     s->m = m, s->B_max = B, s->T_max = 1;
     size_t n = (size_t)B, D = c->hidden_size, I = c->intermediate_size, hd = c->head_dim;
     size_t qd = (size_t)c->num_heads * hd, qkv = qd + 2 * (size_t)c->num_kv_heads * hd;
-    s->x = (uint16_t *)dmalloc(a, n * D * 2, "the residual stream");
-    s->xn = (uint16_t *)dmalloc(a, n * D * 2, "normed activations");
-    s->qkv = (uint16_t *)dmalloc(a, n * qkv * 2, "q/k/v activations");
-    s->att = (uint16_t *)dmalloc(a, n * qd * 2, "attention outputs");
-    s->gu = (uint16_t *)dmalloc(a, n * 2 * I * 2, "gate/up activations");
-    s->act = (uint16_t *)dmalloc(a, n * I * 2, "MLP activations");
-    s->cos_t = (float *)dmalloc(a, n * (hd / 2) * sizeof(float), "RoPE tables");
-    s->sin_t = (float *)dmalloc(a, n * (hd / 2) * sizeof(float), "RoPE tables");
-    s->tokens = (int32_t *)dmalloc(a, n * 4, "token ids");
-    s->positions = (int32_t *)dmalloc(a, n * 4, "positions");
+    s->x = (uint16_t *)cuda_alloc_in(a, n * D * 2, "the residual stream");
+    s->xn = (uint16_t *)cuda_alloc_in(a, n * D * 2, "normed activations");
+    s->qkv = (uint16_t *)cuda_alloc_in(a, n * qkv * 2, "q/k/v activations");
+    s->att = (uint16_t *)cuda_alloc_in(a, n * qd * 2, "attention outputs");
+    s->gu = (uint16_t *)cuda_alloc_in(a, n * 2 * I * 2, "gate/up activations");
+    s->act = (uint16_t *)cuda_alloc_in(a, n * I * 2, "MLP activations");
+    s->cos_t = (float *)cuda_alloc_in(a, n * (hd / 2) * sizeof(float), "RoPE tables");
+    s->sin_t = (float *)cuda_alloc_in(a, n * (hd / 2) * sizeof(float), "RoPE tables");
+    s->tokens = (int32_t *)cuda_alloc_in(a, n * 4, "token ids");
+    s->positions = (int32_t *)cuda_alloc_in(a, n * 4, "positions");
     if (!a->rc) a->rc = cuda_hybrid_acts_create(s, 0, a->err);
     return s;
 }
@@ -74,7 +60,7 @@ extern "C" void cuda_decode_free(cuda_decode *d) {
 }
 
 /* KV and SSM caches of every layer; the dm2 step scratch is shared. */
-static void caches_alloc(cuda_decode *d, dec_alloc *a) {
+static void caches_alloc(cuda_decode *d, cuda_alloc_ctx *a) {
     const cuda_model *m = d->m;
     const hf_config *c = &m->cfg;
     size_t B = d->B, hd = c->head_dim, in_max = 0, inner_max = 0, conv_max = 0;
@@ -83,8 +69,8 @@ static void caches_alloc(cuda_decode *d, dec_alloc *a) {
         L->n_kv = m->hybrid ? m->hybrid->layers[l].k : c->num_kv_heads;
         if (L->n_kv) {
             size_t bytes = B * L->n_kv * (size_t)d->T_max * hd * 2;
-            L->k = (uint16_t *)dmalloc(a, bytes, "the KV cache");
-            L->v = (uint16_t *)dmalloc(a, bytes, "the KV cache");
+            L->k = (uint16_t *)cuda_alloc_in(a, bytes, "the KV cache");
+            L->v = (uint16_t *)cuda_alloc_in(a, bytes, "the KV cache");
             d->state_bytes += 2 * bytes;
         }
         if (!m->hybrid || !m->hybrid->layers[l].Hs) continue;
@@ -92,17 +78,17 @@ static void caches_alloc(cuda_decode *d, dec_alloc *a) {
         size_t ssm = B * cfg->n_heads * cfg->head_dim * cfg->d_state * 4, conv = B * dm2_conv_dim(cfg) * DM2_CONV_K * 4;
         L->has_ssm = 1;
         L->ssm.B = d->B, L->ssm.cfg = *cfg;
-        L->ssm.ssm = (float *)dmalloc(a, ssm, "the SSM state");
-        L->ssm.conv = (float *)dmalloc(a, conv, "the conv state");
+        L->ssm.ssm = (float *)cuda_alloc_in(a, ssm, "the SSM state");
+        L->ssm.conv = (float *)cuda_alloc_in(a, conv, "the conv state");
         d->state_bytes += ssm + conv;
         if ((size_t)dm2_in_proj_dim(cfg) > in_max) in_max = dm2_in_proj_dim(cfg);
         if ((size_t)dm2_d_inner(cfg) > inner_max) inner_max = dm2_d_inner(cfg);
         if ((size_t)dm2_conv_dim(cfg) > conv_max) conv_max = dm2_conv_dim(cfg);
     }
     if (!in_max) return;
-    d->scratch[0] = dmalloc(a, B * in_max * 2, "the SSM step scratch");
-    d->scratch[1] = dmalloc(a, B * inner_max * 2, "the SSM step scratch");
-    d->scratch[2] = dmalloc(a, B * conv_max * 4, "the SSM step scratch");
+    d->scratch[0] = cuda_alloc_in(a, B * in_max * 2, "the SSM step scratch");
+    d->scratch[1] = cuda_alloc_in(a, B * inner_max * 2, "the SSM step scratch");
+    d->scratch[2] = cuda_alloc_in(a, B * conv_max * 4, "the SSM step scratch");
     for (int l = 0; l < c->num_layers; l++)
         if (d->layers[l].has_ssm) {
             d->layers[l].ssm.proj = (uint16_t *)d->scratch[0];
@@ -126,12 +112,12 @@ extern "C" int cuda_decode_create(const cuda_model *m, int B, int T_max, cuda_de
     d->h_counts = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
     d->h_lpos = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
     d->h_pos = (int32_t *)xmalloc((size_t)B * sizeof(int32_t));
-    dec_alloc a = {err, 0, 0};
+    cuda_alloc_ctx a = {err, 0, 0};
     /* the caches first: the largest buffers fail first when B is too large */
     caches_alloc(d, &a);
     d->st = step_state_create(m, B, &a);
-    d->d_first = (int32_t *)dmalloc(&a, (size_t)B * 4, "row starts");
-    d->logits = (uint16_t *)dmalloc(&a, (size_t)B * c->vocab_size * 2, "the step logits");
+    d->d_first = (int32_t *)cuda_alloc_in(&a, (size_t)B * 4, "row starts");
+    d->logits = (uint16_t *)cuda_alloc_in(&a, (size_t)B * c->vocab_size * 2, "the step logits");
     d->bytes = a.bytes + (d->st ? d->st->bytes : 0);
     if (!a.rc) {
         a.rc = cuda_forward_state_create(m, d->prefill_rows, T_max, &d->pf, err);
@@ -153,23 +139,13 @@ extern "C" int cuda_decode_prefill(cuda_decode *d, const int32_t *tokens, int T,
                                    float *all_logits, ra_error *err) {
     const hf_config *c = &d->m->cfg;
     size_t V = c->vocab_size;
-    if (T < 1 || T > d->T_max) return ra_fail(err, EX_USAGE, "decode: prompt of %d tokens, expected 1..%d", T, d->T_max);
-    for (int b = 0; b < d->B; b++) {
-        int len = lens ? lens[b] : T;
-        if (len < 1 || len > T)
-            return ra_fail(err, EX_USAGE, "decode: row %d: prompt length %d, expected 1..%d", b, len, T);
-        d->first[b] = T - len;
-    }
+    int rc = ra_decode_prompt_layout(d->B, T, d->T_max, lens, d->first, err);
+    if (rc) return rc;
     d->len = 0;
     for (int b0 = 0; b0 < d->B; b0 += d->prefill_rows) {
         int rb = d->B - b0 < d->prefill_rows ? d->B - b0 : d->prefill_rows;
-        for (int b = 0; b < rb; b++) {
-            int f = d->first[b0 + b];
-            /* padding tokens are documents of their own; the prompt is one */
-            for (int t = 0; t < T; t++) d->h_doc[(size_t)b * T + t] = t < f ? t : f;
-            d->h_counts[b] = 1;
-            d->h_lpos[b] = T - 1;
-        }
+        ra_decode_prompt_doc_start(d->h_doc, d->first + b0, rb, T);
+        for (int b = 0; b < rb; b++) d->h_counts[b] = 1, d->h_lpos[b] = T - 1;
         ra_forward_opts o;
         memset(&o, 0, sizeof o);
         o.doc_start = d->h_doc;
@@ -177,7 +153,7 @@ extern "C" int cuda_decode_prefill(cuda_decode *d, const int32_t *tokens, int T,
         else if (logits) o.logits = logits + (size_t)b0 * V, o.logit_counts = d->h_counts, o.logit_positions = d->h_lpos;
         d->pf->capture = d;
         d->pf->capture_row0 = b0;
-        int rc = cuda_forward_run(d->pf, tokens + (size_t)b0 * T, rb, T, &o, NULL, err);
+        rc = cuda_forward_run(d->pf, tokens + (size_t)b0 * T, rb, T, &o, NULL, err);
         d->pf->capture = NULL;
         if (rc) return rc;
     }

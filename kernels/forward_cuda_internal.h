@@ -6,6 +6,7 @@
 
 #include "dm2_cuda.h"
 #include "forward_cuda.h"
+#include "ops_cuda.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -13,6 +14,23 @@ extern "C" {
 
 struct cuda_hybrid_acts;
 struct cuda_decode;
+
+/* Device allocations with one error path: after the first failure every
+ * further call returns NULL; rc and err say what failed, bytes counts what
+ * was allocated. */
+typedef struct cuda_alloc_ctx {
+    ra_error *err;
+    int rc;
+    size_t bytes;
+} cuda_alloc_ctx;
+
+static inline void *cuda_alloc_in(cuda_alloc_ctx *a, size_t bytes, const char *what) {
+    if (a->rc) return NULL;
+    void *p = NULL;
+    a->rc = cuda_malloc_try(&p, bytes, what, a->err);
+    if (!a->rc) a->bytes += bytes;
+    return p;
+}
 
 struct cuda_forward_state {
     const cuda_model *m;

@@ -32,31 +32,15 @@ extern "C" {
 #include "ops.h" /* rope_inv_freq */
 }
 
-/* ---- device allocation with one error path ---------------------------------- */
+/* ---- weights ----------------------------------------------------------------------- */
 
-typedef struct {
-    ra_error *err;
-    int rc;
-    size_t bytes;
-} hy_alloc;
-
-static void *hy_malloc(hy_alloc *a, size_t bytes, const char *what) {
-    if (a->rc) return NULL;
-    void *p = NULL;
-    a->rc = cuda_malloc_try(&p, bytes, what, a->err);
-    if (!a->rc) a->bytes += bytes;
-    return p;
-}
-
-static uint16_t *hy_upload(hy_alloc *a, const float *src, size_t n, const char *what) {
-    uint16_t *p = (uint16_t *)hy_malloc(a, n * 2, what);
+static uint16_t *hy_upload(cuda_alloc_ctx *a, const float *src, size_t n, const char *what) {
+    uint16_t *p = (uint16_t *)cuda_alloc_in(a, n * 2, what);
     if (p) cuda_upload_bf16(p, src, n);
     return p;
 }
 
-/* ---- weights ----------------------------------------------------------------------- */
-
-static void upload_layer(cuda_model *cm, const ra_model *m, int l, hy_alloc *a) {
+static void upload_layer(cuda_model *cm, const ra_model *m, int l, cuda_alloc_ctx *a) {
     const hf_config *c = &m->cfg;
     const ra_layer *L = &m->layers[l];
     cuda_layer_weights *W = &cm->layers[l];
@@ -66,7 +50,7 @@ static void upload_layer(cuda_model *cm, const ra_model *m, int l, hy_alloc *a) 
     size_t kd = (size_t)k * hd;
     W->input_norm = hy_upload(a, L->input_norm, D, "a layer norm");
     W->post_norm = hy_upload(a, L->post_norm, D, "a layer norm");
-    W->w_gate_up = (uint16_t *)hy_malloc(a, 2 * I * D * 2, "gate/up weights");
+    W->w_gate_up = (uint16_t *)cuda_alloc_in(a, 2 * I * D * 2, "gate/up weights");
     if (W->w_gate_up) cuda_upload_bf16(W->w_gate_up, L->w_gate, I * D), cuda_upload_bf16(W->w_gate_up + I * D, L->w_up, I * D);
     W->w_down = hy_upload(a, L->w_down, D * I, "down_proj weights");
     W->attn_slot = (uint8_t *)xcalloc(H, 1);
@@ -74,7 +58,7 @@ static void upload_layer(cuda_model *cm, const ra_model *m, int l, hy_alloc *a) 
     Y->attn_heads = (int *)xmalloc((size_t)(k ? k : 1) * sizeof(int));
     for (int i = 0; i < k; i++) Y->attn_heads[i] = L->attn_heads[i], W->attn_slot[L->attn_heads[i]] = 1;
     if (k) { /* q rows, then each kept head's own K rows, then V rows */
-        W->wqkv = (uint16_t *)hy_malloc(a, 3 * kd * D * 2, "q/k/v weights");
+        W->wqkv = (uint16_t *)cuda_alloc_in(a, 3 * kd * D * 2, "q/k/v weights");
         if (W->wqkv) {
             cuda_upload_bf16(W->wqkv, L->wq, kd * D);
             cuda_upload_bf16(W->wqkv + kd * D, L->wk, kd * D);
@@ -102,7 +86,7 @@ static void upload_layer(cuda_model *cm, const ra_model *m, int l, hy_alloc *a) 
         int32_t *src = (int32_t *)xmalloc(H * sizeof(int32_t));
         for (int i = 0; i < k; i++) src[L->attn_heads[i]] = i;
         for (int j = 0; j < L->n_ssm_heads; j++) src[L->ssm_heads[j]] = -1 - j;
-        Y->slot_src = (int32_t *)hy_malloc(a, H * sizeof(int32_t), "slot map");
+        Y->slot_src = (int32_t *)cuda_alloc_in(a, H * sizeof(int32_t), "slot map");
         if (Y->slot_src) cuda_upload(Y->slot_src, src, H * sizeof(int32_t));
         free(src);
     }
@@ -123,11 +107,11 @@ extern "C" int cuda_hybrid_model_upload(const ra_model *m, cuda_model **out, ra_
     cm->hybrid->layout = m->hybrid->layout;
     cm->hybrid->adapter = m->hybrid->adapter;
     cm->hybrid->layers = (cuda_hybrid_layer *)xcalloc((size_t)c->num_layers, sizeof *cm->hybrid->layers);
-    hy_alloc a = {err, 0, 0};
+    cuda_alloc_ctx a = {err, 0, 0};
     cm->embed = hy_upload(&a, m->embed, V * D, "the embedding");
     cm->final_norm = hy_upload(&a, m->final_norm, D, "model.norm");
     cm->lm_head = m->lm_head == m->embed ? cm->embed : hy_upload(&a, m->lm_head, V * D, "the LM head");
-    cm->inv_freq = (float *)hy_malloc(&a, hd / 2 * sizeof(float), "RoPE inv_freq");
+    cm->inv_freq = (float *)cuda_alloc_in(&a, hd / 2 * sizeof(float), "RoPE inv_freq");
     if (cm->inv_freq) {
         float *inv = (float *)xmalloc((hd / 2 + 1) * sizeof(float));
         rope_inv_freq(inv, (int)hd, c);
@@ -197,7 +181,7 @@ extern "C" void cuda_hybrid_acts_free(cuda_hybrid_acts *a) {
 /* The DiscreteMamba2 forward buffers for n rows of the largest SSM layer:
  * every layer's buffers are prefixes of these (they grow with heads and
  * groups, and a call's rows are contiguous). */
-static void dm2_acts_alloc(cuda_hybrid_acts *a, const cuda_forward_state *s, hy_alloc *al) {
+static void dm2_acts_alloc(cuda_hybrid_acts *a, const cuda_forward_state *s, cuda_alloc_ctx *al) {
     const cuda_model *m = s->m;
     dm2_config big;
     memset(&big, 0, sizeof big);
@@ -218,14 +202,14 @@ static void dm2_acts_alloc(cuda_hybrid_acts *a, const cuda_forward_state *s, hy_
     size_t gn = (size_t)big.n_groups * big.d_state;
     cuda_dm2_acts *d = &a->dm2;
     d->B = s->B_max, d->T = s->T_max, d->cfg = big;
-    d->proj = (uint16_t *)hy_malloc(al, n * in_dim * 2, "dm2 in_proj output");
-    d->x = (uint16_t *)hy_malloc(al, n * inner * 2, "dm2 conv x");
-    d->Bm = (uint16_t *)hy_malloc(al, n * gn * 2, "dm2 conv B");
-    d->Cm = (uint16_t *)hy_malloc(al, n * gn * 2, "dm2 conv C");
-    d->a = (float *)hy_malloc(al, n * big.n_heads * 4, "dm2 decays");
-    d->y = (uint16_t *)hy_malloc(al, n * inner * 2, "dm2 SSD output");
-    d->yg = (uint16_t *)hy_malloc(al, n * inner * 2, "dm2 gated output");
-    d->ws = hy_malloc(al, ws, "dm2 SSD workspace");
+    d->proj = (uint16_t *)cuda_alloc_in(al, n * in_dim * 2, "dm2 in_proj output");
+    d->x = (uint16_t *)cuda_alloc_in(al, n * inner * 2, "dm2 conv x");
+    d->Bm = (uint16_t *)cuda_alloc_in(al, n * gn * 2, "dm2 conv B");
+    d->Cm = (uint16_t *)cuda_alloc_in(al, n * gn * 2, "dm2 conv C");
+    d->a = (float *)cuda_alloc_in(al, n * big.n_heads * 4, "dm2 decays");
+    d->y = (uint16_t *)cuda_alloc_in(al, n * inner * 2, "dm2 SSD output");
+    d->yg = (uint16_t *)cuda_alloc_in(al, n * inner * 2, "dm2 gated output");
+    d->ws = cuda_alloc_in(al, ws, "dm2 SSD workspace");
     a->has_dm2 = 1;
 }
 
@@ -242,25 +226,25 @@ extern "C" int cuda_hybrid_acts_create(cuda_forward_state *s, int ssm_forward, r
         if (m->hybrid && m->hybrid->layers[l].Hs > hs_max) hs_max = m->hybrid->layers[l].Hs;
     }
     cuda_hybrid_acts *a = (cuda_hybrid_acts *)xcalloc(1, sizeof *a);
-    hy_alloc al = {err, 0, 0};
+    cuda_alloc_ctx al = {err, 0, 0};
     if ((size_t)wmax <= H + 2 * (size_t)c->num_kv_heads) a->qkv = s->qkv;
-    else a->qkv = (uint16_t *)hy_malloc(&al, n * wmax * hd * 2, "kept heads' q/k/v"), a->own_qkv = 1;
+    else a->qkv = (uint16_t *)cuda_alloc_in(&al, n * wmax * hd * 2, "kept heads' q/k/v"), a->own_qkv = 1;
     if (!m->hybrid) a->katt = s->att; /* a teacher's heads are its slots */
-    else a->katt = (uint16_t *)hy_malloc(&al, n * (amax ? amax : 1) * hd * 2, "kept heads' outputs"), a->own_katt = 1;
+    else a->katt = (uint16_t *)cuda_alloc_in(&al, n * (amax ? amax : 1) * hd * 2, "kept heads' outputs"), a->own_katt = 1;
     if (m->hybrid) {
         size_t w = (size_t)hs_max * hd > D ? (size_t)hs_max * hd : D;
-        a->ssm_out = (uint16_t *)hy_malloc(&al, n * w * 2, "SSM outputs");
+        a->ssm_out = (uint16_t *)cuda_alloc_in(&al, n * w * 2, "SSM outputs");
         if (m->hybrid->layout == RA_LAYOUT_PARALLEL) {
-            a->aproj = (uint16_t *)hy_malloc(&al, n * D * 2, "kept heads' o_proj outputs");
-            a->adapted = (uint16_t *)hy_malloc(&al, n * D * 2, "adapter activations");
-            a->mixed = (uint16_t *)hy_malloc(&al, n * D * 2, "adapter outputs");
+            a->aproj = (uint16_t *)cuda_alloc_in(&al, n * D * 2, "kept heads' o_proj outputs");
+            a->adapted = (uint16_t *)cuda_alloc_in(&al, n * D * 2, "adapter activations");
+            a->mixed = (uint16_t *)cuda_alloc_in(&al, n * D * 2, "adapter outputs");
         }
-        a->starts = (uint8_t *)hy_malloc(&al, n, "document starts");
+        a->starts = (uint8_t *)cuda_alloc_in(&al, n, "document starts");
         if (ssm_forward) dm2_acts_alloc(a, s, &al);
     }
-    a->kmask = (uint8_t *)hy_malloc(&al, (size_t)s->B_max * (amax ? amax : 1), "head masks");
-    a->smask = (uint8_t *)hy_malloc(&al, (size_t)s->B_max * H, "head masks");
-    a->probs_head = (int32_t *)hy_malloc(&al, sizeof(int32_t), "a probability request");
+    a->kmask = (uint8_t *)cuda_alloc_in(&al, (size_t)s->B_max * (amax ? amax : 1), "head masks");
+    a->smask = (uint8_t *)cuda_alloc_in(&al, (size_t)s->B_max * H, "head masks");
+    a->probs_head = (int32_t *)cuda_alloc_in(&al, sizeof(int32_t), "a probability request");
     a->h_kmask = (uint8_t *)xmalloc((size_t)s->B_max * (amax ? amax : 1));
     a->h_smask = (uint8_t *)xmalloc((size_t)s->B_max * H);
     s->hy = a;

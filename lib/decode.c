@@ -54,17 +54,30 @@ void ra_decode_free(ra_decode *d) {
     free(d);
 }
 
-int ra_decode_prefill(ra_decode *d, const int32_t *tokens, int T, const int32_t *lens, float *logits,
-                      float *all_logits, ra_error *err) {
-    const hf_config *c = &d->m->cfg;
-    if (T < 1 || T > d->T_max) return ra_fail(err, EX_USAGE, "decode: prompt of %d tokens, expected 1..%d", T, d->T_max);
-    for (int b = 0; b < d->B; b++) {
+int ra_decode_prompt_layout(int B, int T, int T_max, const int32_t *lens, int32_t *first, ra_error *err) {
+    if (T < 1 || T > T_max) return ra_fail(err, EX_USAGE, "decode: prompt of %d tokens, expected 1..%d", T, T_max);
+    for (int b = 0; b < B; b++) {
         int len = lens ? lens[b] : T;
         if (len < 1 || len > T)
             return ra_fail(err, EX_USAGE, "decode: row %d: prompt length %d, expected 1..%d", b, len, T);
-        d->first[b] = T - len;
-        /* padding tokens are documents of their own; the prompt is one */
-        for (int t = 0; t < T; t++) d->doc_start[(size_t)b * T + t] = t < d->first[b] ? t : d->first[b];
+        first[b] = T - len;
+    }
+    return 0;
+}
+
+void ra_decode_prompt_doc_start(int32_t *doc_start, const int32_t *first, int rows, int T) {
+    /* padding tokens are documents of their own; the prompt is one */
+    for (int b = 0; b < rows; b++)
+        for (int t = 0; t < T; t++) doc_start[(size_t)b * T + t] = t < first[b] ? t : first[b];
+}
+
+int ra_decode_prefill(ra_decode *d, const int32_t *tokens, int T, const int32_t *lens, float *logits,
+                      float *all_logits, ra_error *err) {
+    const hf_config *c = &d->m->cfg;
+    int rc = ra_decode_prompt_layout(d->B, T, d->T_max, lens, d->first, err);
+    if (rc) return rc;
+    ra_decode_prompt_doc_start(d->doc_start, d->first, d->B, T);
+    for (int b = 0; b < d->B; b++) {
         d->counts[b] = 1;
         d->logit_pos[b] = T - 1;
     }
@@ -75,7 +88,7 @@ int ra_decode_prefill(ra_decode *d, const int32_t *tokens, int T, const int32_t 
     if (all_logits) o.logits = all_logits;
     else if (logits) o.logits = logits, o.logit_counts = d->counts, o.logit_positions = d->logit_pos;
     d->fs->capture = d;
-    int rc = ra_forward_cpu(d->fs, tokens, d->B, T, &o, err);
+    rc = ra_forward_cpu(d->fs, tokens, d->B, T, &o, err);
     d->fs->capture = NULL;
     if (rc) return rc;
     if (all_logits && logits)

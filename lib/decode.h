@@ -63,6 +63,13 @@ void ra_decode_free(ra_decode *d);
 int ra_decode_prefill(ra_decode *d, const int32_t *tokens, int T, const int32_t *lens, float *logits,
                       float *all_logits, ra_error *err);
 
+/* The prompt layout both decoders share: check 1 ≤ T ≤ T_max and
+ * 1 ≤ lens[b] ≤ T (lens NULL: all T), set first[b] = T − lens[b]
+ * (EX_USAGE naming the row otherwise); doc_start [rows, T] for the forward:
+ * each padding token a document of its own, the prompt one document. */
+int ra_decode_prompt_layout(int B, int T, int T_max, const int32_t *lens, int32_t *first, ra_error *err);
+void ra_decode_prompt_doc_start(int32_t *doc_start, const int32_t *first, int rows, int T);
+
 /* Append one token per row (tokens [B]) and return the next-token logits
  * [B, V].  EX_USAGE when the cache is full (len = T_max) or no prefill ran. */
 int ra_decode_step(ra_decode *d, const int32_t *tokens, float *logits, ra_error *err);
