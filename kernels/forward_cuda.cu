@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "forward_cuda.h"
+#include "forward_cuda_internal.h"
 #include "ops_cuda.h"
 
 extern "C" {
@@ -66,6 +67,7 @@ extern "C" void cuda_model_free(cuda_model *cm) {
             cuda_free(L->wo), cuda_free(L->bo), cuda_free(L->w_gate_up), cuda_free(L->w_down);
             free(L->attn_slot);
         }
+        cuda_hybrid_weights_free(cm->hybrid, cm->cfg.num_layers);
         free(cm->layers);
     }
     if (cm->lm_head != cm->embed) cuda_free(cm->lm_head);
@@ -83,6 +85,7 @@ static void upload_inv_freq(cuda_model *cm) {
 
 extern "C" int cuda_model_upload(const ra_model *m, cuda_model **out, ra_error *err) {
     *out = NULL;
+    if (m->hybrid) return cuda_hybrid_model_upload(m, out, err);
     const hf_config *c = &m->cfg;
     cuda_model *cm = (cuda_model *)xcalloc(1, sizeof *cm);
     cm->cfg = *c;
@@ -175,29 +178,6 @@ extern "C" int cuda_model_random(const hf_config *c, uint64_t seed, cuda_model *
 
 /* ---- state ----------------------------------------------------------------- */
 
-struct cuda_forward_state {
-    const cuda_model *m;
-    int B_max, T_max;
-    uint16_t *x;        /* residual [n, D] */
-    uint16_t *xn;       /* normed block input [n, D]; also the gathered logit rows */
-    uint16_t *qkv;      /* [n, (H+2Hkv)·hd] */
-    uint16_t *att;      /* [n, H·hd] */
-    uint16_t *gu;       /* [n, 2I] */
-    uint16_t *act;      /* [n, I] */
-    float *cos_t, *sin_t; /* [n, hd/2] */
-    int32_t *tokens, *positions, *doc_start, *rows; /* [n] */
-    uint8_t *keep;      /* [layers, B, H] */
-    int32_t *probs_heads; /* [probs_heads_cap] */
-    int probs_heads_cap;
-    float *probs;       /* [B, T, T], grown on demand */
-    size_t probs_cap;   /* elements */
-    uint16_t *logits;   /* [logits_rows_cap, V] for host logits, grown on demand */
-    size_t logits_rows_cap;
-    size_t bytes;       /* device bytes of the fixed buffers */
-    /* host scratch */
-    int32_t *h_positions, *h_rows;
-    uint8_t *h_keep;
-};
 
 extern "C" void cuda_forward_state_free(cuda_forward_state *s) {
     if (!s) return;
@@ -205,6 +185,7 @@ extern "C" void cuda_forward_state_free(cuda_forward_state *s) {
                  s->cos_t, s->sin_t,     s->tokens,    s->positions, s->doc_start, s->rows,
                  s->keep,  s->probs_heads, s->probs, s->logits};
     for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cuda_free(d[i]);
+    cuda_hybrid_acts_free(s->hy);
     free(s->h_positions), free(s->h_rows), free(s->h_keep);
     free(s);
 }
@@ -234,6 +215,7 @@ extern "C" int cuda_forward_state_create(const cuda_model *m, int B_max, int T_m
     s->rows = (int32_t *)dev_alloc(&a, n * 4, "logit rows");
     s->keep = (uint8_t *)dev_alloc(&a, (size_t)c->num_layers * B_max * c->num_heads, "head masks");
     s->bytes = a.bytes;
+    if (!a.rc && m->hybrid) a.rc = cuda_hybrid_acts_create(s, 1, err);
     if (a.rc) {
         cuda_forward_state_free(s);
         return ra_error_prefix(err, "forward activations for batch %d × %d tokens", B_max, T_max);
@@ -283,7 +265,7 @@ static void attention_block(cuda_forward_state *s, int l, int B, int T, const ui
     cuda_linear_residual_forward(s->x, s->att, W->wo, W->bo, n, H * hd, D);
 }
 
-static void mlp_block(cuda_forward_state *s, int l, int n) {
+extern "C" void cuda_mlp_block_forward(cuda_forward_state *s, int l, int n) {
     const hf_config *c = &s->m->cfg;
     const cuda_layer_weights *W = &s->m->layers[l];
     int D = c->hidden_size, I = c->intermediate_size;
@@ -334,6 +316,10 @@ static int check_inputs(const cuda_forward_state *s, const int32_t *tokens, int 
     }
     if (o->n_probs && !o->probs_out)
         return ra_fail(err, EX_USAGE, "forward: probabilities requested without probs_out");
+    if (s->m->hybrid) {
+        int rc = cuda_hybrid_check_opts(s, o, err);
+        if (rc) return rc;
+    }
     if (want_logits && o->logit_counts) {
         const int32_t *p = o->logit_positions;
         for (int b = 0; b < B; b++) {
@@ -464,8 +450,9 @@ extern "C" int cuda_forward_run(cuda_forward_state *s, const int32_t *tokens, in
     for (int l = start; l < stop; l++) {
         if (o->hidden_out && o->hidden_out[l]) cuda_download_bf16(o->hidden_out[l], s->x, nD);
         const uint8_t *keep = masked ? s->keep + (size_t)l * B * H : NULL;
-        attention_block(s, l, B, T, keep, o, doc_start);
-        mlp_block(s, l, n);
+        if (s->m->hybrid || s->capture) cuda_hybrid_mixer_forward(s, l, B, T, o, doc_start);
+        else attention_block(s, l, B, T, keep, o, doc_start);
+        cuda_mlp_block_forward(s, l, n);
     }
     if (o->hidden_out && o->hidden_out[stop]) cuda_download_bf16(o->hidden_out[stop], s->x, nD);
     if (want_logits) {

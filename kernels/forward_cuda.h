@@ -13,6 +13,14 @@
  *   x += act·Wdownᵀ              (residual fused)
  * then the final RMSNorm and the LM head at the chosen rows only.
  *
+ * Hybrid students (lib/hybrid.h) run the same loop with the layer's mixer
+ * of kernels/forward_hybrid_cuda.cu in place of the attention block: kept
+ * heads as softmax attention (fused q/k/v of the kept heads, each with its
+ * own K/V), DiscreteMamba2 heads through kernels/dm2_cuda.h (state and conv
+ * window reset at document starts), routed slot scatter + static adapter or
+ * parallel o_proj slice + learned adapter: the arithmetic of
+ * lib/forward_hybrid_cpu.c, in bf16 with fp32 sums.
+ *
  * All ra_forward_opts pointers are host memory, as for the CPU backend:
  * hidden states and probabilities are copied back (bf16 -> fp32) as they
  * are produced; logits go back in chunks of rows.  Compiled only with CUDA. */
@@ -50,6 +58,7 @@ typedef struct cuda_model {
     cuda_layer_weights *layers;
     float *inv_freq;      /* device [hd/2] */
     size_t weight_bytes;  /* device bytes of all weights */
+    struct cuda_hybrid_weights *hybrid; /* a hybrid student's mixers (forward_cuda_internal.h); NULL: teacher */
 } cuda_model;
 
 /* Upload a host model (fp32 weights) as bf16.  EX_TEMPFAIL when the GPU

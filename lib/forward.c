@@ -20,18 +20,6 @@ int ra_device_parse(const char *s, ra_device *out) {
 
 const char *ra_device_name(ra_device d) { return d == RA_DEVICE_CUDA ? "cuda" : "cpu"; }
 
-#ifdef RA_FORWARD_CUDA
-/* The CUDA forward knows teachers only: a hybrid student is refused here
- * until kernels/forward_cuda grows the hybrid mixer. */
-static const ra_forward_backend *cuda;
-static int cuda_create_teacher_only(const ra_model *m, int B_max, int T_max, void **state, ra_error *err) {
-    if (m->hybrid)
-        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: %s is a hybrid student, which the CUDA forward does not run "
-                       "yet; use --device cpu", m->source);
-    return cuda->create(m, B_max, T_max, state, err);
-}
-#endif
-
 int ra_forward_backend_get(ra_device d, const ra_forward_backend **out, ra_error *err) {
     *out = NULL;
     if (d == RA_DEVICE_CPU) {
@@ -39,13 +27,7 @@ int ra_forward_backend_get(ra_device d, const ra_forward_backend **out, ra_error
         return 0;
     }
 #ifdef RA_FORWARD_CUDA
-    static ra_forward_backend guarded;
-    int rc = ra_forward_backend_cuda(&cuda, err);
-    if (rc) return rc;
-    guarded = *cuda;
-    guarded.create = cuda_create_teacher_only;
-    *out = &guarded;
-    return 0;
+    return ra_forward_backend_cuda(out, err);
 #else
     return ra_fail(err, EX_UNAVAILABLE, "--device cuda: this build has no CUDA forward pass (%s); use --device cpu",
                    RA_HAVE_CUDA ? "kernels/forward_cuda.h not present" : "built with CUDA=0");

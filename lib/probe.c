@@ -124,8 +124,8 @@ static int check_ids(const ra_ids *ids, int vocab_size, int prompt, ra_error *er
 
 /* Tokens of `cont` after `prompt`: the tail of encode(prompt + cont) when
  * encode(prompt) is its prefix, else encode(cont) alone. */
-static int continuation_ids(ra_tokenizer *tok, const char *prompt, const ra_ids *prompt_ids, const char *cont,
-                            ra_ids *out, ra_error *err) {
+int probe_continuation_ids(ra_tokenizer *tok, const char *prompt, const ra_ids *prompt_ids, const char *cont,
+                           ra_ids *out, ra_error *err) {
     size_t np = strlen(prompt), nc = strlen(cont);
     char *full = xmalloc(np + nc + 1);
     memcpy(full, prompt, np);
@@ -164,7 +164,7 @@ int probe_data_build(const probe_prompts *ps, ra_tokenizer *tok, probe_score_mod
         for (int c = 0; c < n_cand && !rc; c++) {
             char buf[16];
             int value = mode == PROBE_SCORE_CHOICE ? pr->value[c] : probe_answer(pr);
-            rc = continuation_ids(tok, pr->text, &p, probe_continuation(value, mode, buf), &cand[c], err);
+            rc = probe_continuation_ids(tok, pr->text, &p, probe_continuation(value, mode, buf), &cand[c], err);
             if (!rc) rc = check_ids(&cand[c], vocab_size, i, err);
             cand_v[c] = cand[c].v;
             cand_n[c] = (int)cand[c].n;
@@ -267,11 +267,22 @@ probe_outcome probe_item_outcome(const probe_data *d, const probe_item *it, cons
     return o;
 }
 
+void probe_item_cand_logprobs(const probe_data *d, const probe_item *it, const double *lse, const float *target_logit,
+                              double *out) {
+    for (int c = 0; c < it->n_cand; c++) {
+        double lp = 0;
+        for (int t = it->cand_start[c]; t < it->cand_start[c + 1]; t++)
+            lp += (double)target_logit[t] - lse[probe_item_target_scored(d, it, t)];
+        out[c] = lp;
+    }
+}
+
 /* The outcome of one item from the logits of its rows.  slot_logit[r] is the
  * logits row (in the call's logits buffer) of the first scored position of
  * the item's r-th row.  lse_buf / am_buf / tl_buf: scratch. */
 static probe_outcome item_outcome(const probe_data *d, const probe_item *it, const float *logits, int V,
-                                  const int *slot_logit, double *lse_buf, int32_t *am_buf, float *tl_buf) {
+                                  const int *slot_logit, double *lse_buf, int32_t *am_buf, float *tl_buf,
+                                  double *cand_logprob) {
     int n = 0;
     for (int r = 0; r < it->n_rows; r++) {
         const probe_row *row = &d->rows[it->first_row + r];
@@ -285,6 +296,7 @@ static probe_outcome item_outcome(const probe_data *d, const probe_item *it, con
         int j = tg->pos - (row->n_tokens - row->n_scored);
         tl_buf[t] = logits[(size_t)(slot_logit[tg->row - it->first_row] + j) * V + tg->token];
     }
+    if (cand_logprob) probe_item_cand_logprobs(d, it, lse_buf, tl_buf, cand_logprob);
     return probe_item_outcome(d, it, lse_buf, am_buf, tl_buf);
 }
 
@@ -358,6 +370,19 @@ static int batch_rows(const probe_opts *o, const probe_data *d) {
 
 int probe_eval(const ra_forward_backend *be, const ra_model *m, const probe_data *d, const uint8_t *head_keep,
                const probe_opts *o, probe_outcome *out, ra_error *err) {
+    return probe_eval_candidates(be, m, d, head_keep, o, out, NULL, err);
+}
+
+int probe_eval_candidates(const ra_forward_backend *be, const ra_model *m, const probe_data *d,
+                          const uint8_t *head_keep, const probe_opts *o, probe_outcome *out, double *cand_logprob,
+                          ra_error *err) {
+    /* cand_logprob: item i's candidates start at the sum of the earlier items' n_cand */
+    int *cand_base = NULL;
+    if (cand_logprob) {
+        cand_base = xmalloc(((size_t)d->n_items + 1) * sizeof(int));
+        cand_base[0] = 0;
+        for (int i = 0; i < d->n_items; i++) cand_base[i + 1] = cand_base[i] + d->items[i].n_cand;
+    }
     int L = m->cfg.num_layers, H = m->cfg.num_heads, V = m->cfg.vocab_size;
     int B_max = batch_rows(o, d);
     void *state;
@@ -390,13 +415,15 @@ int probe_eval(const ra_forward_backend *be, const ra_model *m, const probe_data
         if ((rc = be->run(state, c.tokens, rows, c.T, &fo, err))) break;
         b = 0;
         for (int i = i0; i < i1; i++) {
-            out[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
+            out[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl,
+                                  cand_logprob ? cand_logprob + cand_base[i] : NULL);
             b += d->items[i].n_rows;
         }
         i0 = i1;
     }
     call_free(&c);
     be->destroy(state);
+    free(cand_base);
     return rc;
 }
 
@@ -448,7 +475,7 @@ int probe_exact(const ra_forward_backend *be, const ra_model *m, const probe_dat
         if ((rc = be->run(state, c.tokens, rows, T, &fo, err))) break;
         b = 0;
         for (int i = i0; i < i1; i++) {
-            res->base[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
+            res->base[i] = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl, NULL);
             b += d->items[i].n_rows;
         }
 
@@ -486,7 +513,7 @@ int probe_exact(const ra_forward_backend *be, const ra_model *m, const probe_dat
                 b = 0;
                 for (int u = u0; u < u1; u++) {
                     int i = units[u].item, h = units[u].head;
-                    probe_outcome a = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl);
+                    probe_outcome a = item_outcome(d, &d->items[i], c.logits, V, c.slot_logit + b, c.lse, c.am, c.tl, NULL);
                     b += d->items[i].n_rows;
                     sum_acc[l * H + h] += (double)res->base[i].correct - a.correct;
                     sum_lp[l * H + h] += res->base[i].logprob - a.logprob;

@@ -83,6 +83,15 @@ struct ra_tokenizer;
 int probe_data_build(const probe_prompts *ps, struct ra_tokenizer *tok, probe_score_mode mode, int vocab_size,
                      probe_data *out, ra_error *err);
 
+/* The tokens of continuation `cont` after `prompt` (whose encoding with
+ * specials is prompt_ids), as probe_data_build takes them: the tail of
+ * encode(prompt + cont) when prompt_ids is its prefix, else encode(cont)
+ * alone.  out is reset first; a continuation of no tokens is EX_DATAERR.
+ * (ra-eval's multiple-choice tasks use it too.) */
+struct ra_ids;
+int probe_continuation_ids(struct ra_tokenizer *tok, const char *prompt, const struct ra_ids *prompt_ids,
+                           const char *cont, struct ra_ids *out, ra_error *err);
+
 /* Write the rows and targets as JSON (for reference implementations that
  * must score exactly the same token ids): {"mode", "rows": [[ids]...],
  * "items": [{"first_row", "n_rows", "correct", "candidates": [[[row, pos,
@@ -106,6 +115,10 @@ int probe_item_target_scored(const probe_data *d, const probe_item *it, int targ
 probe_outcome probe_item_outcome(const probe_data *d, const probe_item *it, const double *lse, const int32_t *argmax,
                                  const float *target_logit);
 
+/* Every candidate's log-probability (the sum over its targets), out [n_cand]. */
+void probe_item_cand_logprobs(const probe_data *d, const probe_item *it, const double *lse, const float *target_logit,
+                              double *out);
+
 /* Options of a probe run. */
 typedef struct probe_opts {
     int batch;                 /* rows per forward call (≥ max_rows_per_item; raised if smaller) */
@@ -116,6 +129,11 @@ typedef struct probe_opts {
  * [layers * H] (NULL = all heads) applied to every row.  out [n_items]. */
 int probe_eval(const ra_forward_backend *be, const ra_model *m, const probe_data *d, const uint8_t *head_keep,
                const probe_opts *o, probe_outcome *out, ra_error *err);
+/* The same, and (cand_logprob not NULL) every candidate's log-probability:
+ * item i's at cand_logprob[Σ_{j<i} n_cand_j + c]. */
+int probe_eval_candidates(const ra_forward_backend *be, const ra_model *m, const probe_data *d,
+                          const uint8_t *head_keep, const probe_opts *o, probe_outcome *out, double *cand_logprob,
+                          ra_error *err);
 
 /* Exact ablation of the heads with measure[l * H + h] != 0 (NULL = all).
  * base [n_items] receives the baseline outcomes; per_head (optional,

@@ -12,6 +12,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "schedule.h"
+#include "stream.h"
 
 /* ------------------------------------------------------------ flags */
 
@@ -163,13 +164,23 @@ static int restore(run_state *s, ra_error *err) {
         if (!s->o->quiet) fprintf(stderr, "%s: --resume: no checkpoint in %s, starting from the beginning\n", s->prog, s->o->ckpt_dir);
         return 0;
     }
+    /* Compare the run first (the header alone), so a checkpoint of another
+     * run is named as such rather than by its first unexpected tensor. */
+    ra_reader *r = ra_reader_open(path, err);
+    if (!r) return err->code;
+    const json_t *run = json_object_get(ra_reader_meta(r), "run");
+    if (run && !json_equal(run, s->run)) {
+        char diff[512] = "";
+        first_difference(run, s->run, diff, sizeof diff, "");
+        ra_reader_close(r);
+        return ra_fail(err, EX_DATAERR, "%s: the checkpoint belongs to another run: %s", path, diff);
+    }
+    ra_reader_close(r);
     ra_checkpoint ck = {0};
     if (ra_checkpoint_read(path, &ck, s->st->optim, err)) return err->code;
     if (!json_equal(ck.run, s->run)) {
-        char diff[512] = "";
-        first_difference(ck.run, s->run, diff, sizeof diff, "");
         ra_checkpoint_clear(&ck);
-        return ra_fail(err, EX_DATAERR, "%s: the checkpoint belongs to another run: %s", path, diff);
+        return ra_fail(err, EX_DATAERR, "%s: the checkpoint belongs to another run", path);
     }
     ra_checkpoint_clear(&ck);
     snprintf(s->res->checkpoint, sizeof s->res->checkpoint, "%s", path);
