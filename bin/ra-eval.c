@@ -13,7 +13,7 @@
 #include "atomic_file.h"
 #include "cli.h"
 #include "eval.h"
-#include "eval_decode.h"
+#include "decode_backend.h"
 #include "eval_gen.h"
 #include "eval_kv.h"
 #include "eval_lm.h"
@@ -538,8 +538,8 @@ static int run_tasks(eval_ctx *c, ra_model *teacher, eval_results *r, ra_error *
             break;
         }
         case T_GEN: {
-            const eval_decoder *dec;
-            if ((rc = eval_decoder_get(c->device, &dec, err))) break;
+            const ra_decode_backend *dec;
+            if ((rc = ra_decode_backend_get(c->device, &dec, err))) break;
             eval_gen_set set;
             if ((rc = eval_gen_load(tr->file, &set, err))) break;
             eval_gen_opts o = {a->max_new, batch, a->until};
@@ -552,8 +552,8 @@ static int run_tasks(eval_ctx *c, ra_model *teacher, eval_results *r, ra_error *
             eval_mem(c->m, teacher, a->lengths, a->n_lengths, a->value_bytes, r);
             break;
         case T_SPEED: {
-            const eval_decoder *dec;
-            if ((rc = eval_decoder_get(c->device, &dec, err))) break;
+            const ra_decode_backend *dec;
+            if ((rc = ra_decode_backend_get(c->device, &dec, err))) break;
             eval_speed_opts o = {a->prompt_len, a->gen_len, max_batch, a->seed, 0};
             rc = eval_speed(&s, dec, &o, r, err);
             break;

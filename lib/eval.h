@@ -8,6 +8,7 @@
  *   eval_jsonl.c    the JSONL reader both use
  *   eval_mem.c      decode-state bytes per sequence
  *   eval_speed.c    prefill / decode throughput over a batch sweep
+ * gen and speed decode through lib/decode_backend.h (CPU or CUDA).
  *   eval_plot.c     PNG plots with gnuplot
  * Tasks never print results themselves: they add tables and metrics to an
  * eval_results, which the tool writes. */

@@ -50,7 +50,7 @@ static int32_t argmax(const float *z, int V) {
 }
 
 /* Rows i0..i0+B−1 (B ≤ o->batch). */
-static int greedy_group(const eval_decoder *dec, const ra_model *m, int i0, int B, const int32_t *const *prompts,
+static int greedy_group(const ra_decode_backend *dec, const ra_model *m, int i0, int B, const int32_t *const *prompts,
                         const int *lens, const eval_greedy_opts *o, int32_t **out, int *out_len, ra_error *err) {
     int V = m->cfg.vocab_size, T = 0;
     for (int b = 0; b < B; b++)
@@ -92,7 +92,7 @@ static int greedy_group(const eval_decoder *dec, const ra_model *m, int i0, int 
     return rc;
 }
 
-int eval_greedy(const eval_decoder *dec, const ra_model *m, int n, const int32_t *const *prompts, const int *lens,
+int eval_greedy(const ra_decode_backend *dec, const ra_model *m, int n, const int32_t *const *prompts, const int *lens,
                 const eval_greedy_opts *o, int32_t **out, int *out_len, ra_error *err) {
     int B = o->batch > 0 ? o->batch : 1, rc = 0;
     for (int i = 0; i < n; i++) out[i] = NULL, out_len[i] = 0;
@@ -176,7 +176,7 @@ static int stop_at_until(void *ctx, int item, const int32_t *gen, int n) {
 }
 
 /* Generate with one model; contains / exact counts and generated tokens. */
-static int gen_model(const eval_model *em, const eval_decoder *dec, ra_tokenizer *tok, const eval_gen_set *set,
+static int gen_model(const eval_model *em, const ra_decode_backend *dec, ra_tokenizer *tok, const eval_gen_set *set,
                      const eval_gen_opts *o, int32_t *const *prompts, const int *lens, double *contains,
                      double *exact, double *tokens, ra_error *err) {
     int n = set->n;
@@ -208,7 +208,7 @@ static int gen_model(const eval_model *em, const eval_decoder *dec, ra_tokenizer
     return rc;
 }
 
-int eval_gen(const eval_model *s, const eval_model *t, const eval_decoder *dec, ra_tokenizer *tok,
+int eval_gen(const eval_model *s, const eval_model *t, const ra_decode_backend *dec, ra_tokenizer *tok,
              const eval_gen_set *set, const eval_gen_opts *o, eval_results *r, ra_error *err) {
     if (s->head_keep)
         return ra_fail(err, EX_USAGE, "--ablate does not apply to --task gen: the recurrent decoder runs every head");

@@ -2,7 +2,7 @@
  * {"context": str, "answers": [str, ...]} per line ("answer": str is taken
  * as one answer).  The model continues each context (encoded with the
  * tokenizer's specials) greedily, with the recurrent decoder
- * (lib/eval_decode.h), for at most max_new tokens, stopping at the EOS
+ * (lib/decode_backend.h), for at most max_new tokens, stopping at the EOS
  * token or as soon as the generated text contains `until` (default "\n";
  * "" = never).  The generation is the decoded text before `until`.
  *   contains  some answer occurs in the generation, ASCII case-insensitive
@@ -16,7 +16,7 @@
 #define RA_EVAL_GEN_H
 
 #include "eval.h"
-#include "eval_decode.h"
+#include "decode_backend.h"
 #include "eval_results.h"
 #include "tokenizer.h"
 
@@ -50,7 +50,7 @@ typedef struct eval_greedy_opts {
     eval_stop_fn stop;
     void *stop_ctx;
 } eval_greedy_opts;
-int eval_greedy(const eval_decoder *dec, const ra_model *m, int n, const int32_t *const *prompts, const int *lens,
+int eval_greedy(const ra_decode_backend *dec, const ra_model *m, int n, const int32_t *const *prompts, const int *lens,
                 const eval_greedy_opts *o, int32_t **out, int *out_len, ra_error *err);
 
 /* The metrics of one generation against its answers. */
@@ -64,7 +64,7 @@ typedef struct eval_gen_opts {
 
 /* teacher may be NULL.  Ablation is refused (EX_USAGE): the recurrent
  * decoder runs every head. */
-int eval_gen(const eval_model *s, const eval_model *t, const eval_decoder *dec, ra_tokenizer *tok,
+int eval_gen(const eval_model *s, const eval_model *t, const ra_decode_backend *dec, ra_tokenizer *tok,
              const eval_gen_set *set, const eval_gen_opts *o, eval_results *r, ra_error *err);
 
 #endif

@@ -30,7 +30,7 @@ static double peak_rss(void) {
 }
 
 /* One batch size: prefill and decode timings. */
-static int run_batch(const eval_model *em, const eval_decoder *dec, const eval_speed_opts *o, int B, double *row,
+static int run_batch(const eval_model *em, const ra_decode_backend *dec, const eval_speed_opts *o, int B, double *row,
                      ra_error *err) {
     const ra_model *m = em->m;
     int V = m->cfg.vocab_size, P = o->prompt_len, G = o->gen_len;
@@ -65,7 +65,7 @@ static int run_batch(const eval_model *em, const eval_decoder *dec, const eval_s
     return rc;
 }
 
-int eval_speed(const eval_model *em, const eval_decoder *dec, const eval_speed_opts *o, eval_results *r,
+int eval_speed(const eval_model *em, const ra_decode_backend *dec, const eval_speed_opts *o, eval_results *r,
                ra_error *err) {
     const char *cols[] = {"batch", "prefill_tok_s", "decode_tok_s", "state_bytes", "peak_rss_bytes"};
     char title[128];

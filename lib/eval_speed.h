@@ -3,7 +3,7 @@
  * then gen_len decode steps, timed separately:
  *   prefill_tok_s = B·prompt_len / prefill seconds
  *   decode_tok_s  = B·gen_len / decode seconds
- * through the device's decoder (lib/eval_decode.h); a hybrid decodes with
+ * through the device's decoder (lib/decode_backend.h); a hybrid decodes with
  * its SSM state plus its kept heads' KV cache, a teacher with its full KV
  * cache.  The sweep stops early when the next batch would not fit: on the
  * CPU when the estimated working set exceeds mem_limit bytes (0: half the
@@ -17,7 +17,7 @@
 #define RA_EVAL_SPEED_H
 
 #include "eval.h"
-#include "eval_decode.h"
+#include "decode_backend.h"
 #include "eval_results.h"
 
 typedef struct eval_speed_opts {
@@ -29,7 +29,7 @@ typedef struct eval_speed_opts {
 /* Estimated bytes the CPU decoder needs for B rows of T_max tokens. */
 double eval_speed_cpu_bytes(const ra_model *m, int B, int T_max);
 
-int eval_speed(const eval_model *em, const eval_decoder *dec, const eval_speed_opts *o, eval_results *r,
+int eval_speed(const eval_model *em, const ra_decode_backend *dec, const eval_speed_opts *o, eval_results *r,
                ra_error *err);
 
 #endif

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # ra-eval: flags, --task logits against the Hugging Face golden fixtures,
-# model streams, exit codes and error messages.
+# model streams, exit codes and error messages; the table tasks (kv, ppl,
+# kd, mc, gen, mem, speed), --ablate, -o, --format json and --plot.
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
@@ -245,4 +246,234 @@ copy_fixture() {
         assert_output --partial "--device cuda"
         [ ! -e "$T/out" ]
     fi
+}
+
+# ------------------------------------------------------------------
+# The table tasks, on tiny random teachers with the llama3-style
+# tokenizer fixture (numbers 0-99 one token each) and a grafted student.
+
+mk_teacher() { # DIR SEED
+    "$ROOT/build/tests/mk-hf" --vocab 2048 --layers 2 --hidden 32 --heads 4 --kv-heads 2 --seed "$2" "$1" >/dev/null
+    cp "$ROOT/tests/fixtures/tokenizers/llama3-style/"* "$1/"
+}
+
+setup_tasks() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+    M="$T/llama"; mk_teacher "$M" 3
+    M2="$T/llama2"; mk_teacher "$M2" 4
+    W="$T/words"
+    printf '%s\n' apple banana cherry damson elder fig grape hazel ivy juniper kiwi lemon >"$W"
+    KV=(--pairs 3,5 --samples 6 --words "$W" --device cpu -q)
+    "$TD" tokens -o "$T/ho.ra" "1,2,3,4,5,6,7" "8,9,10" "11,12,13,14,15,16,17,18,19,20,21,22"
+    printf '%s\n' '{"context": "The capital of France is", "choices": [" Paris", " London", " a big city"], "gold": 0}' \
+        '' '{"context": "One plus one is", "choices": [" two", " three"], "gold": 1}' >"$T/mc.jsonl"
+    printf '%s\n' '{"context": "apple:1\nThe value of apple is", "answers": ["1"]}' \
+        '{"context": "Name:", "answer": "Bob"}' >"$T/gen.jsonl"
+}
+
+meta_of() { "$TD" describe "$1" | sed -n 's/^meta //p'; }
+
+@test "kv: tables for both scoring modes, JSON metrics with acc keys, deterministic" {
+    setup_tasks
+    run ra-eval -m "$M" --task kv "${KV[@]}"
+    assert_success
+    assert_output --partial "### KV retrieval, choice scoring"
+    assert_output --partial "### KV retrieval, last-token scoring"
+    assert_line --regexp '^\| 3 \| 6 \| [0-9.]+ \| -[0-9.]+ \|$'
+    run ra-eval -m "$M" --task kv "${KV[@]}" --format json
+    assert_success
+    for k in kv_choice_3_acc kv_choice_5_acc kv_choice_acc kv_last_token_3_acc kv_last_token_acc; do
+        jq -e "has(\"$k\") and (.$k >= 0) and (.$k <= 1)" <<<"$output" >/dev/null
+    done
+    [ "$(jq '[keys[] | select(contains("acc"))] | length' <<<"$output")" -eq 6 ]
+    a="$output"
+    run ra-eval -m "$M" --task kv "${KV[@]}" --format json
+    [ "$output" = "$a" ]
+    # --score choice: one mode only; --seed changes the prompts
+    run ra-eval -m "$M" --task kv "${KV[@]}" --score choice --format json
+    [ "$(jq 'keys | map(select(startswith("kv_last"))) | length' <<<"$output")" -eq 0 ]
+}
+
+@test "kv accuracy equals ra-probe's baseline accuracy for the same seed and pairs" {
+    setup_tasks
+    for score in choice last-token; do
+        ra-probe -m "$M" --pairs 4 --samples 8 --seed 5 --words "$W" --score "$score" --device cpu -q -o "$T/s.ra"
+        base=$("$ROOT/build/tests/ra-mkstream" --dump "$T/s.ra" | sed -n 's/^meta //p' | jq .baseline.accuracy)
+        key=kv_$(tr - _ <<<"$score")_4_acc
+        acc=$(ra-eval -m "$M" --task kv --pairs 4 --samples 8 --seed 5 --words "$W" --score "$score" --device cpu -q \
+              --format json | jq ".$key")
+        awk -v a="$acc" -v b="$base" 'BEGIN { exit !((a - b) ^ 2 < 1e-18) }' || { echo "$score: $acc vs $base"; false; }
+    done
+}
+
+@test "kv with --teacher: coverage = model accuracy / teacher accuracy" {
+    setup_tasks
+    run ra-eval -m "$M" --teacher "$M2" --task kv "${KV[@]}" --score choice --pairs 2 --samples 12 --format json
+    assert_success
+    s=$(jq .kv_choice_2_acc <<<"$output") t=$(jq .kv_choice_teacher_acc <<<"$output") c=$(jq .kv_choice_2_coverage <<<"$output")
+    if [ "$t" != "0.0" ] && [ "$t" != "0" ]; then
+        awk -v s="$s" -v t="$t" -v c="$c" 'BEGIN { exit !((s / t - c) ^ 2 < 1e-12) }'
+    else
+        [ "$c" = "null" ]
+    fi
+    # the model as its own teacher: coverage 1 (or null when accuracy is 0)
+    run ra-eval -m "$M" --teacher "$M" --task kv "${KV[@]}" --score choice --pairs 2 --samples 12 --format json
+    c=$(jq .kv_choice_coverage <<<"$output")
+    [ "$c" = "1.0" ] || [ "$c" = "1" ] || [ "$c" = "null" ]
+}
+
+@test "--ablate applies to every task and changes the results; out of range exits 64" {
+    setup_tasks
+    a=$(ra-eval -m "$M" --task kv,ppl -d "$T/ho.ra" "${KV[@]}" --format json)
+    b=$(ra-eval -m "$M" --task kv,ppl -d "$T/ho.ra" "${KV[@]}" --format json --ablate 0:1,1:2)
+    [ "$(jq .ppl <<<"$a")" != "$(jq .ppl <<<"$b")" ]
+    [ "$(jq .kv_choice_3_acc <<<"$a")$(jq .kv_last_token_3_acc <<<"$a")" != "" ]
+    run ra-eval -m "$M" --task kv "${KV[@]}" --ablate 2:0
+    assert_failure 64
+    assert_output --partial "layers 0..1 and heads 0..3"
+    run ra-eval -m "$M" --task gen:"$T/gen.jsonl" --device cpu -q --ablate 0:0
+    assert_failure 64
+    assert_output --partial "--ablate does not apply to --task gen"
+}
+
+@test "ppl and kd: one pass, kd 0 against itself and > 0 against another teacher" {
+    setup_tasks
+    run ra-eval -q -m "$M" --task ppl -d "$T/ho.ra" --device cpu --ctx 4
+    assert_success
+    assert_output --partial "### Language modelling"
+    assert_line --regexp '^\| 3 \| 16 \| [0-9.]+ \| [0-9.]+ \|$'   # windows of 4 predict 3+2, 2, 3+3+3
+    run ra-eval -q -m "$M" --teacher "$M" --task kd -d "$T/ho.ra" --device cpu --format json
+    assert_success
+    [ "$(jq '.kd == 0 and .ppl == .teacher_ppl' <<<"$output")" = true ]
+    run ra-eval -q -m "$M" --teacher "$M2" --task ppl,kd -d "$T/ho.ra" --device cpu --format json
+    jq -e '.kd > 0 and .ppl > 1 and .teacher_ppl > 1 and (.ppl | log) - .nll < 1e-9' <<<"$output" >/dev/null
+}
+
+@test "ppl and kd refusals: no tokens stream, no teacher, packed layout, stdin twice" {
+    setup_tasks
+    run ra-eval -m "$M" --task ppl --device cpu
+    assert_failure 64
+    assert_output --partial "--task ppl needs -d TOKENS"
+    run ra-eval -m "$M" --task kd -d "$T/ho.ra" --device cpu
+    assert_failure 64
+    assert_output --partial "--task kd needs --teacher"
+    run ra-eval -m "$M" --task ppl -d "$T/nothere.ra" --device cpu
+    assert_failure 66
+    "$TD" tokens -o "$T/packed.ra" --layout packed "1,2"
+    run ra-eval -m "$M" --task ppl -d "$T/packed.ra" --device cpu
+    assert_failure 65
+    assert_output --partial "layout 'packed'"
+    run ra-eval -m - --teacher - --task kd -d "$T/ho.ra"
+    assert_failure 64
+}
+
+@test "mc: acc and acc_norm, with a teacher; bad lines name the line number" {
+    setup_tasks
+    run ra-eval -q -m "$M" --teacher "$M2" --task mc:"$T/mc.jsonl" --device cpu --format json
+    assert_success
+    jq -e '[.mc_mc_acc, .mc_mc_acc_norm, .mc_mc_teacher_acc, .mc_mc_teacher_acc_norm] | all(. == 0 or . == 0.5 or . == 1)' <<<"$output" >/dev/null
+    printf '%s\n' '{"context": "a", "choices": ["b"], "gold": 0}' '{"context": "a", "choices": ["b", "c"], "gold": 2}' >"$T/gold.jsonl"
+    run ra-eval -q -m "$M" --task mc:"$T/gold.jsonl" --device cpu
+    assert_failure 65
+    assert_output --partial "gold.jsonl:2: gold 2 is out of range"
+    printf '%s\n' '{"context": "a", "choices": ["b"], "gold": 0}' '' '{"context": "a", "choices": ["b"], "gold": 0' >"$T/bad.jsonl"
+    run ra-eval -q -m "$M" --task mc:"$T/bad.jsonl" --device cpu
+    assert_failure 65
+    assert_output --partial "bad.jsonl:3: not valid JSON"
+    printf '%s\n' '{"context": "a", "gold": 0}' >"$T/nochoices.jsonl"
+    run ra-eval -q -m "$M" --task mc:"$T/nochoices.jsonl" --device cpu
+    assert_failure 65
+    assert_output --partial "nochoices.jsonl:1: 'choices'"
+    run ra-eval -q -m "$M" --task mc:"$T/absent.jsonl" --device cpu
+    assert_failure 66
+    run ra-eval -q -m "$M" --task mc --device cpu
+    assert_failure 64
+    assert_output --partial "needs a file"
+}
+
+@test "gen: contains and exact, tokens bounded by --max-new-tokens" {
+    setup_tasks
+    run ra-eval -q -m "$M" --task gen:"$T/gen.jsonl" --device cpu --max-new-tokens 5 --until ''
+    assert_success
+    assert_output --partial "### Generation: gen"
+    assert_line --regexp '^\| 2 \| [01.0-9]+ \| [01.0-9]+ \| [0-5](\.[0-9]+)? \|$'
+    printf '%s\n' '{"context": "x", "answers": [1]}' >"$T/badgen.jsonl"
+    run ra-eval -q -m "$M" --task gen:"$T/badgen.jsonl" --device cpu
+    assert_failure 65
+    assert_output --partial "badgen.jsonl:1: 'answers'[0] must be a string"
+}
+
+@test "mem and speed work for a teacher and a grafted hybrid; -o stream verifies" {
+    setup_tasks
+    "$ROOT/build/tests/mk-scores" -L 2 -H 4 -G 2 -d 8 -i "$("$TD" id "$M")" -o "$T/sc.ra" <<<$'0.1 0.5\n0.3 0.2\n0.1 0.5\n0.0 0.9\n0.3 0.7\n0.2 -0.1\n0.0 0.0\n0.5 0.1'
+    ra-rank -q --top 2 -o "$T/plan.ra" "$T/sc.ra"
+    ra-graft -q -m "$M" -p "$T/plan.ra" --layout parallel --d-state 4 -o "$T/st.ra"
+    run ra-eval -q -m "$T/st.ra" --teacher "$M" --task mem,speed --device cpu --lengths 16,64 --max-batch 2 \
+        --prompt-len 8 --gen-len 3 -o "$T/r.ra" --format json
+    assert_success
+    # 2 kept heads x 2 x hd 8 values per token, 2 layers x 4 heads x P 8 x N 4 state, bf16
+    jq -e '.mem_16_mb == (2*2*8*16 + 2*4*8*4) * 2 / 1e6 and .mem_16_teacher_mb == 2*2*2*8*16*2/1e6' <<<"$output" >/dev/null
+    jq -e '.speed_b1_decode_tok_s > 0 and .speed_b2_prefill_tok_s > 0 and .speed_max_batch == 2' <<<"$output" >/dev/null
+    run ra-show --verify "$T/r.ra"
+    assert_success
+    run "$TD" describe "$T/r.ra"
+    assert_line "kind results"
+    assert_line "tensor table/mem f64 2x8"
+    assert_line "tensor table/speed f64 2x5"
+    m=$(meta_of "$T/r.ra")
+    [ "$(jq -r .tables[0].name <<<"$m")" = mem ]
+    [ "$(jq -r .teacher <<<"$m")" = "$("$TD" id "$M")" ]
+    jq -e '.metrics.mem_64_ratio < 1' <<<"$m" >/dev/null
+    # the hybrid needs a tokenizer from elsewhere for kv: --tokenizer or the teacher's directory
+    run ra-eval -q -m "$T/st.ra" --task kv "${KV[@]}"
+    assert_failure 66
+    assert_output --partial "--tokenizer"
+    run ra-eval -q -m "$T/st.ra" --task kv "${KV[@]}" --tokenizer "$M" --format json
+    assert_success
+}
+
+@test "usage: unknown task, logits not alone, bad --format, lists" {
+    setup_tasks
+    run ra-eval -m "$M" --task kv,bogus
+    assert_failure 64
+    assert_output --partial "--task 'bogus'"
+    run ra-eval -m "$M" --task logits,mem -d "$T/ho.ra"
+    assert_failure 64
+    assert_output --partial "logits runs alone"
+    run ra-eval -m "$M" --task mem --format xml
+    assert_failure 64
+    run ra-eval -m "$M" --task kv --pairs 0
+    assert_failure 64
+    run ra-eval -m "$M" --task kv --pairs 3,x
+    assert_failure 64
+    run ra-eval -m "$M" --task mem --teacher "$T/nowhere"
+    assert_failure 66
+}
+
+@test "--plot writes PNGs when gnuplot exists; exit 69 without it; --plot-log loss curves" {
+    setup_tasks
+    command -v gnuplot >/dev/null || skip "no gnuplot"
+    run ra-eval -q -m "$M" --task kv,mem "${KV[@]}" --plot "$T/plots"
+    assert_success
+    for p in kv mem; do
+        [ "$(head -c 8 "$T/plots/$p.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]
+    done
+    printf 'step\ttokens\tloss\tlr\n1\t64\t5.5\t0.001\n2\t128\t4.25\t0.001\n3\t192\t3.0\t0.001\n' >"$T/train.tsv"
+    run ra-eval --plot-log "$T/train.tsv" --plot "$T/p2" -q
+    assert_success
+    [ -s "$T/p2/loss.png" ]
+    printf 'step\ttokens\tlr\n1\t64\t0.1\n' >"$T/noloss.tsv"
+    run ra-eval --plot-log "$T/noloss.tsv" --plot "$T/p3"
+    assert_failure 65
+    assert_output --partial "noloss.tsv:1: header has no 'loss' column"
+    printf 'step\ttokens\tloss\n1\t64\n' >"$T/short.tsv"
+    run ra-eval --plot-log "$T/short.tsv" --plot "$T/p3"
+    assert_failure 65
+    assert_output --partial "short.tsv:2: 2 fields, expected 3"
+    run ra-eval --plot-log "$T/train.tsv"
+    assert_failure 64
+    RA_GNUPLOT=/nonexistent/gnuplot run ra-eval -q -m "$M" --task mem --plot "$T/p4"
+    assert_failure 69
+    assert_output --partial "gnuplot"
+    [ ! -e "$T/p4" ]
 }
