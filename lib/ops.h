@@ -56,8 +56,10 @@ void residual_add(float *x, const float *y, int64_t n);
  * zero them once per optimiser step.  Input gradients OVERWRITE (=); the
  * caller adds them into a residual stream with residual_add.  Any gradient
  * pointer may be NULL when that gradient is not wanted (a frozen weight, the
- * token input).  Implemented in lib/ops_backward_cpu.c; these have no CUDA
- * twins yet (they come with the CUDA trainer). */
+ * token input).  Implemented in lib/ops_backward_cpu.c; the CUDA twins
+ * (bf16 activations and activation gradients, fp32 parameter gradients)
+ * are in kernels/ops_backward_cuda.h, with those of lib/adapter.h,
+ * lib/loss.h and lib/optim.h. */
 
 /* dtable[tokens[i],:] += dout[i,:]  (repeated tokens add up). */
 void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int n, int D);

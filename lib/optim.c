@@ -186,11 +186,22 @@ int ra_check_loss_finite(double loss, int64_t step, ra_error *err) {
 
 /* -------------------------------------------------------------------- step */
 
-typedef struct adamw_consts {
-    float b1, b2, one_b1, one_b2, decay_mul, step_size, inv_sqrt_bc2, eps, gscale;
-} adamw_consts;
+ra_adamw_consts ra_adamw_step_consts(const ra_adamw_config *c, int64_t step, double lr, double grad_norm) {
+    double t = (double)(step + 1);
+    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
+    ra_adamw_consts k = {(float)c->beta1,
+                         (float)c->beta2,
+                         (float)(1.0 - c->beta1),
+                         (float)(1.0 - c->beta2),
+                         (float)(1.0 - lr * c->weight_decay),
+                         (float)(lr / bc1),
+                         (float)(1.0 / sqrt(bc2)),
+                         (float)c->eps,
+                         c->clip > 0 && grad_norm > c->clip ? (float)(c->clip / grad_norm) : 1.0f};
+    return k;
+}
 
-static void adamw_param(ra_param *p, const adamw_consts *k) {
+static void adamw_param(ra_param *p, const ra_adamw_consts *k) {
     float *w = p->w, *m = p->m, *v = p->v;
     const float *g = p->g;
     float decay_mul = p->decay ? k->decay_mul : 1.0f;
@@ -213,18 +224,7 @@ int ra_optim_step(ra_optim *o, double lr, ra_error *err) {
                            o->params[i].name);
     ra_optim_ensure_state(o);
     o->last_grad_norm = norm;
-    const ra_adamw_config *c = &o->cfg;
-    double t = (double)(o->step + 1);
-    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
-    adamw_consts k = {(float)c->beta1,
-                      (float)c->beta2,
-                      (float)(1.0 - c->beta1),
-                      (float)(1.0 - c->beta2),
-                      (float)(1.0 - lr * c->weight_decay),
-                      (float)(lr / bc1),
-                      (float)(1.0 / sqrt(bc2)),
-                      (float)c->eps,
-                      c->clip > 0 && norm > c->clip ? (float)(c->clip / norm) : 1.0f};
+    ra_adamw_consts k = ra_adamw_step_consts(&o->cfg, o->step, lr, norm);
     for (int i = 0; i < o->n; i++)
         if (!o->params[i].frozen) adamw_param(&o->params[i], &k);
     o->step++;

@@ -118,6 +118,15 @@ int ra_optim_check_grads(const ra_optim *o, ra_error *err);
 /* One AdamW step with learning rate lr (see above). */
 int ra_optim_step(ra_optim *o, double lr, ra_error *err);
 
+/* The fp32 scalars of the update of step `step` + 1 with learning rate lr
+ * and global gradient norm grad_norm (bias corrections, decay factor,
+ * clipping scale).  Shared with the CUDA step (kernels/optim_cuda.cu) so
+ * that both compute them identically. */
+typedef struct ra_adamw_consts {
+    float b1, b2, one_b1, one_b2, decay_mul, step_size, inv_sqrt_bc2, eps, gscale;
+} ra_adamw_consts;
+ra_adamw_consts ra_adamw_step_consts(const ra_adamw_config *c, int64_t step, double lr, double grad_norm);
+
 /* 0, or EX_SOFTWARE: "loss is nan at step N". */
 int ra_check_loss_finite(double loss, int64_t step, ra_error *err);
 
