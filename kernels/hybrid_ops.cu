@@ -146,7 +146,7 @@ extern "C" void cuda_kv_cache_write(uint16_t *cache_k, uint16_t *cache_v, const 
 }
 
 /* ---- decode attention ---------------------------------------------------------------
- * One block per (KV head, row, chunk of its query heads).  Keys are taken in
+ * One block per (row, KV head) and chunk of its query heads.  Keys are taken in
  * tiles with an online softmax across tiles: scores of a tile (one thread
  * per key, the whole K row read by that thread) into shared memory, the
  * tile's max and exponentials per head, then the weighted sum of V rows,
@@ -172,8 +172,8 @@ __global__ void decode_attention_kernel(bf16 *out, const bf16 *q, int64_t ldq, c
                                         const int32_t *first, int last, int nq, int nkv, int hd, int T_max, int qb,
                                         int tile) {
     extern __shared__ float smem[];
-    const int g = blockIdx.x, b = blockIdx.y, qg = nq / nkv;
-    const int h0 = blockIdx.z * qb, nh = min(qb, qg - h0);
+    const int g = blockIdx.x % nkv, b = blockIdx.x / nkv, qg = nq / nkv;
+    const int h0 = blockIdx.y * qb, nh = min(qb, qg - h0);
     const int half = hd / 2, pairs = nh * half, ngroups = max(1, (int)blockDim.x / pairs);
     float *q_s = smem;                 /* [nh][hd], scaled */
     float *p_s = q_s + qb * hd;        /* [nh][tile] */
@@ -257,7 +257,7 @@ extern "C" void cuda_decode_attention(uint16_t *out, const uint16_t *q, int64_t 
     if (tile > 512) tile = 512;
     if (tile < 32) tile = 32;
     size_t smem = sizeof(float) * ((size_t)qb * hd + (size_t)qb * tile + 3 * (size_t)qb + 2 * (size_t)threads);
-    decode_attention_kernel<<<dim3((unsigned)nkv, (unsigned)B, (unsigned)chunks), threads, smem, ra_cuda_stream>>>(
+    decode_attention_kernel<<<dim3((unsigned)(nkv * B), (unsigned)chunks), threads, smem, ra_cuda_stream>>>(
         (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)cache_k, (const bf16 *)cache_v, first, last, nq, nkv, hd,
         T_max, qb, tile);
     CUDA_CHECK_LAST();

@@ -196,3 +196,16 @@ RUN=(--seq-len 32 --batch 2 --lr 1e-2 -q)
     head -1 "$T/log.tsv" | grep -q 'eval_loss$'
     [ -n "$(sed -n 3p "$T/log.tsv" | cut -f8)" ]
 }
+
+@test "a parallel-layout student: every query head has an SSM head, the loss falls" {
+    ra-graft -q -m "$T/m" -p "$T/p.ra" --layout parallel -o "$T/par.ra"
+    run ra-mohawk1 -m "$T/m" -s "$T/par.ra" -d "$T/tok.ra" "${RUN[@]}" --steps 12 --layers 0 --ckpt-dir "$T/pc" \
+        --log "$T/log.tsv" -o "$T/o.ra"
+    assert_success
+    run "$H/ra-testdata" describe "$T/pc/ckpt-000000000012.ra"
+    assert_line "tensor param/model.layers.0.mixer.D f32 4"
+    refute_line --partial "model.layers.1."
+    first=$(sed -n 2p "$T/log.tsv" | cut -f3)
+    last=$(tail -1 "$T/log.tsv" | cut -f3)
+    awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.9 * a) }'
+}

@@ -7,6 +7,7 @@ load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
 setup_file() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
     H="$BATS_TEST_DIRNAME/../../build/tests"
     F="$BATS_FILE_TMPDIR"
     "$H/mk-hf" --layers 3 --seed 7 "$F/m" >/dev/null
@@ -27,6 +28,7 @@ setup_file() {
 }
 
 setup() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
     H="$BATS_TEST_DIRNAME/../../build/tests"
     F="$BATS_FILE_TMPDIR"
     T="$BATS_TEST_TMPDIR"
@@ -188,22 +190,23 @@ names() { ra-show --json "$1" | jq -r '.tensors[].name'; }
 }
 
 @test "kill -9 mid-run, then --resume: output identical to an uninterrupted run" {
-    ra-mohawk2 -q "${C[@]}" --steps 40 -o "$T/u.ra"
-    ra-mohawk2 -q "${C[@]}" --steps 40 --ckpt-dir "$T/ck" --ckpt-every 3 -o "$T/r.ra" &
+    # long enough (about 3 s after the checkpoint waited for) that the kill lands mid-run
+    ra-mohawk2 -q "${C[@]}" --steps 1000 -o "$T/u.ra"
+    ra-mohawk2 -q "${C[@]}" --steps 1000 --ckpt-dir "$T/ck" --ckpt-every 25 -o "$T/r.ra" &
     pid=$!
-    for _ in $(seq 600); do [ -e "$T/ck/ckpt-000000000006.ra" ] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -e "$T/ck/ckpt-000000000050.ra" ] && break; sleep 0.05; done
     kill -9 $pid
     wait $pid || true
-    [ -e "$T/ck/ckpt-000000000006.ra" ]
+    [ -e "$T/ck/ckpt-000000000050.ra" ]
     [ ! -e "$T/r.ra" ]
-    [ ! -e "$T/ck/ckpt-000000000040.ra" ]
-    run ra-mohawk2 "${C[@]}" --steps 40 --ckpt-dir "$T/ck" --ckpt-every 3 --resume -o "$T/r.ra"
+    [ ! -e "$T/ck/ckpt-000000001000.ra" ]
+    run ra-mohawk2 "${C[@]}" --steps 1000 --ckpt-dir "$T/ck" --ckpt-every 25 --resume -o "$T/r.ra"
     assert_success
     assert_output --partial "resuming from $T/ck/ckpt-"
     cmp "$T/u.ra" "$T/r.ra"
     # --keep 2: the final checkpoint and one before it
     [ "$(ls "$T/ck" | grep -c '^ckpt-')" = 2 ]
-    [ -e "$T/ck/ckpt-000000000040.ra" ]
+    [ -e "$T/ck/ckpt-000000001000.ra" ]
 }
 
 @test "--resume refuses a checkpoint of another run; a used --ckpt-dir needs --resume" {

@@ -5,8 +5,10 @@
  * prefill groups; the decode dispatch of lib/decode_backend.h; errors (a
  * full cache, a step before the prefill, a batch that does not fit).
  *
- * Bar: relative L2 ≤ 2e-2 (bf16 activations and KV cache, fp32 states),
- * on the same bf16-rounded weights on both backends. */
+ * Bar: relative L2 ≤ 2e-2 for teachers, 3e-2 for hybrids (see
+ * test_gpu_hybrid.c: bf16 activations and KV cache, bf16 operands in the
+ * chunked SSD of the prefill, fp32 states), on the same bf16-rounded
+ * weights on both backends. */
 #include "decode.h"
 #include "decode_backend.h"
 #include "decode_cuda.h"
@@ -14,7 +16,9 @@
 #include "gpu_hybrid_fixture.h"
 #include "ops_cuda.h"
 
-#define TOL 2e-2
+#define TOL_TEACHER 2e-2
+#define TOL_HYBRID 3e-2
+#define TOL_OF(m) ((m)->hybrid ? TOL_HYBRID : TOL_TEACHER)
 
 static const gx_case cases[] = {
     {"teacher llama3 GQA", 0, NULL, 0, 0, 0, 0},
@@ -80,9 +84,9 @@ TEST(decode_matches_forward_and_cpu_decode) {
         }
         char what[160];
         snprintf(what, sizeof what, "%s: CUDA decode vs CUDA forward (%d positions)", cases[ci].name, n_out);
-        gx_check(what, g, want, (size_t)B * rowsz, TOL);
+        gx_check(what, g, want, (size_t)B * rowsz, TOL_OF(m));
         snprintf(what, sizeof what, "%s: CUDA decode vs CPU decode", cases[ci].name);
-        gx_check(what, g, c, (size_t)B * rowsz, TOL);
+        gx_check(what, g, c, (size_t)B * rowsz, TOL_OF(m));
         /* the cache is full now */
         EXPECT_EQ_INT(cuda_decode_step(gd, next, lg, &err), EX_USAGE);
         EXPECT(strstr(err.msg, "no room") != NULL);
@@ -121,7 +125,7 @@ TEST(left_padded_prompts_over_prefill_groups) {
         }
         char what[160];
         snprintf(what, sizeof what, "%s: left-padded batch, 2 prefill groups", cases[ci].name);
-        gx_check(what, g, c, (size_t)B * V * (steps + 1), TOL);
+        gx_check(what, g, c, (size_t)B * V * (steps + 1), TOL_OF(m));
         cuda_decode_free(gd);
         ra_decode_free(cd);
         free(prompt), free(next), free(g), free(c);
@@ -153,7 +157,7 @@ TEST(decode_backend_dispatch) {
     EXPECT_EQ_INT(cpu->prefill(sc, tok, T, NULL, c, NULL, &err), 0);
     EXPECT_EQ_INT(be->step(sg, tok, g + (size_t)B * V, &err), 0);
     EXPECT_EQ_INT(cpu->step(sc, tok, c + (size_t)B * V, &err), 0);
-    gx_check("dispatch: parallel hybrid prefill + step", g, c, (size_t)2 * B * V, TOL);
+    gx_check("dispatch: parallel hybrid prefill + step", g, c, (size_t)2 * B * V, TOL_HYBRID);
     /* bad token ids are data errors */
     int32_t bad[2] = {0, V};
     EXPECT_EQ_INT(be->step(sg, bad, g, &err), EX_DATAERR);

@@ -6,6 +6,7 @@
 
 #include "forward.h"
 #include "hybrid_fixture.h"
+#include "ref_f64.h"
 #include "ssd.h"
 
 static char tmpdir[] = "/tmp/ra_test_hybrid.XXXXXX";
@@ -229,46 +230,6 @@ TEST(hybrid_model_stream_round_trip) {
  * weights. */
 
 static double *dnew(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
-
-static void ref_rmsnorm(double *y, const double *x, const float *w, int D, double eps) {
-    double ss = 0;
-    for (int j = 0; j < D; j++) ss += x[j] * x[j];
-    double r = 1 / sqrt(ss / D + eps);
-    for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
-}
-
-static void ref_linear(double *y, const double *x, const float *W, const float *b, int in, int out) {
-    for (int o = 0; o < out; o++) {
-        double s = b ? b[o] : 0;
-        for (int i = 0; i < in; i++) s += (double)W[(size_t)o * in + i] * x[i];
-        y[o] = s;
-    }
-}
-
-static void ref_inv_freq(double *f, const hf_config *c) {
-    int hd = c->head_dim;
-    for (int i = 0; i < hd / 2; i++) {
-        double base = 1.0 / pow(c->rope_theta, 2.0 * i / hd);
-        f[i] = base;
-        if (c->rope_type != RA_ROPE_LLAMA3) continue;
-        double old = c->rope_original_max_position_embeddings, wl = 2 * M_PI / base;
-        if (wl < old / c->rope_high_freq_factor) f[i] = base;
-        else if (wl > old / c->rope_low_freq_factor) f[i] = base / c->rope_factor;
-        else {
-            double sm = (old / wl - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
-            f[i] = (1 - sm) * base / c->rope_factor + sm * base;
-        }
-    }
-}
-
-static void ref_rope(double *v, int hd, double pos, const double *inv_freq) {
-    int half = hd / 2;
-    for (int j = 0; j < half; j++) {
-        double a = pos * inv_freq[j], cs = cos(a), sn = sin(a), x1 = v[j], x2 = v[j + half];
-        v[j] = x1 * cs - x2 * sn;
-        v[j + half] = x2 * cs + x1 * sn;
-    }
-}
 
 static double softplus(double v) { return v > 30 ? v : log1p(exp(v)); }
 static double silu(double v) { return v / (1 + exp(-v)); }

@@ -19,6 +19,7 @@
 #include "gradcheck.h"
 #include "hybrid_fixture.h"
 #include "optim.h"
+#include "ref_f64.h"
 #include "stage1.h"
 
 enum { B = 2, T = 9 };
@@ -44,44 +45,11 @@ static ra_model *student_of(const ra_model *t, const char *bits, ra_layout layou
 
 /* ------------------------------------------------ float64 references */
 
-static void ref_rmsnorm(double *y, const float *x, const float *w, int D, double eps) {
-    double ss = 0;
-    for (int j = 0; j < D; j++) ss += (double)x[j] * x[j];
-    double r = 1 / sqrt(ss / D + eps);
-    for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
-}
-
-static void ref_linear(double *y, const double *x, const float *W, const float *b, int in, int out) {
-    for (int o = 0; o < out; o++) {
-        double s = b ? b[o] : 0;
-        for (int i = 0; i < in; i++) s += (double)W[(size_t)o * in + i] * x[i];
-        y[o] = s;
-    }
-}
-
-static void ref_inv_freq(double *f, const hf_config *c) {
-    int hd = c->head_dim;
-    for (int i = 0; i < hd / 2; i++) {
-        double base = 1.0 / pow(c->rope_theta, 2.0 * i / hd);
-        f[i] = base;
-        if (c->rope_type != RA_ROPE_LLAMA3) continue;
-        double old = c->rope_original_max_position_embeddings, wl = 2 * M_PI / base;
-        if (wl < old / c->rope_high_freq_factor) f[i] = base;
-        else if (wl > old / c->rope_low_freq_factor) f[i] = base / c->rope_factor;
-        else {
-            double sm = (old / wl - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
-            f[i] = (1 - sm) * base / c->rope_factor + sm * base;
-        }
-    }
-}
-
-static void ref_rope(double *v, int hd, double pos, const double *inv_freq) {
-    int half = hd / 2;
-    for (int j = 0; j < half; j++) {
-        double a = pos * inv_freq[j], cs = cos(a), sn = sin(a), x1 = v[j], x2 = v[j + half];
-        v[j] = x1 * cs - x2 * sn;
-        v[j + half] = x2 * cs + x1 * sn;
-    }
+/* RMSNorm of an fp32 row in float64. */
+static void ref_rmsnorm_f(double *y, const float *x, const float *w, int D, double eps) {
+    double xd[64];
+    for (int j = 0; j < D; j++) xd[j] = x[j];
+    ref_rmsnorm(y, xd, w, D, eps);
 }
 
 /* Teacher attention probabilities of query head q of layer l on one row
@@ -93,7 +61,7 @@ static void ref_teacher_matrix(double *A, const ra_model *t, int l, int q, const
     double invf[64], xn[64], qv[T][16], kv[T][16], full_q[256], full_k[256];
     ref_inv_freq(invf, c);
     for (int s = 0; s < T; s++) {
-        ref_rmsnorm(xn, x + (size_t)s * D, L->input_norm, D, c->rms_norm_eps);
+        ref_rmsnorm_f(xn, x + (size_t)s * D, L->input_norm, D, c->rms_norm_eps);
         ref_linear(full_q, xn, L->wq, L->bq, D, c->num_heads * hd);
         ref_linear(full_k, xn, L->wk, L->bk, D, c->num_kv_heads * hd);
         memcpy(qv[s], full_q + q * hd, sizeof(double) * hd);
@@ -130,7 +98,7 @@ static void ref_student_matrix(double *M, const ra_model *st, int l, int h, cons
     static double proj[T][1024];
     double xn[64], Bv[T][16], Cv[T][16], a[T];
     for (int s = 0; s < T; s++) {
-        ref_rmsnorm(xn, x + (size_t)s * D, L->input_norm, D, c->rms_norm_eps);
+        ref_rmsnorm_f(xn, x + (size_t)s * D, L->input_norm, D, c->rms_norm_eps);
         ref_linear(proj[s], xn, p->in_proj_w, NULL, D, in_dim);
         a[s] = -softplus(proj[s][2 * inner + 2 * gn + h]);
     }
