@@ -79,12 +79,19 @@ static void parse_args(int argc, char **argv, mohawk3_args *a) {
 typedef struct stage3 {
     ra_model_train *mt;
     ra_model_grads *grads;
+    ra_optim *optim;
+    int released; /* frozen parameters' gradient arrays freed */
     ra_stage3_loss loss;
     float temperature;
 } stage3;
 
 static int micro_step(void *ctx, const ra_train_batch *b, float dloss, double *loss, ra_error *err) {
     stage3 *s = ctx;
+    if (!s->released) {
+        /* The driver has applied --freeze by now (before the first step). */
+        ra_model_grads_release_frozen(s->grads, s->optim);
+        s->released = 1;
+    }
     return ra_model_train_step(s->mt, s->grads, s->loss, b->tokens, b->doc_start, b->labels, b->B, b->T,
                                s->temperature, dloss, loss, NULL, err);
 }
@@ -125,6 +132,7 @@ int main(int argc, char **argv) {
     st3.grads = ra_model_grads_create(s);
     ra_optim *optim = ra_optim_create(NULL);
     if (ra_model_grads_register(st3.grads, optim, &err)) ra_die_error(&err);
+    st3.optim = optim;
 
     /* What a resumed checkpoint must agree with. */
     json_t *run = json_pack("{s:s, s:s, s:s?, s:f}", "loss", ra_stage3_loss_name(a.loss), "student", student_id,

@@ -4,6 +4,8 @@
  *   ra-tok --ids [FILE...]                         lines of ids, one document per line
  *   ra-tok --decode -t TOK [STREAM]                tokens stream -> text
  *   ra-tok --to-ids [STREAM]                       tokens stream -> lines of ids
+ *   ra-tok --train-bpe V [-o tokenizer.json] [FILE...]   train a byte-level BPE
+ *   ra-tok --gen-kv N [--seed S] [--words FILE] [TEXT...]  KV documents + text (JSONL)
  *
  * The tokenizer lives in lib/tokenizer*.c, the stream format in lib/tokens.c;
  * this file reads inputs, routes documents and writes outputs. */
@@ -21,13 +23,17 @@
 #include "cli.h"
 #include "error.h"
 #include "tokenizer.h"
+#include "tokenizer_train.h"
 #include "tokens.h"
+#include "kv_docs.h"
 
 static const char usage[] =
     "Usage: ra-tok -t MODEL_DIR|tokenizer.json [OPTIONS] [FILE...]\n"
     "       ra-tok --ids [-t TOKENIZER] [OPTIONS] [FILE...]\n"
     "       ra-tok --decode -t TOKENIZER [--lines|--jsonl [--field NAME]] [-o FILE] [STREAM]\n"
     "       ra-tok --to-ids [-o FILE] [STREAM]\n"
+    "       ra-tok --train-bpe VOCAB_SIZE [--lines|--jsonl [--field NAME]] [-o FILE] [FILE...]\n"
+    "       ra-tok --gen-kv N [--seed S] [--words FILE] [-o FILE] [TEXT_FILE...]\n"
     "Turn text into a tokens stream with a Hugging Face tokenizer.json (byte-level BPE),\n"
     "or lines of integer ids into a tokens stream, or a tokens stream back into text or ids.\n"
     "Inputs are the FILEs, or standard input when there are none or a FILE is '-'.\n"
@@ -59,18 +65,30 @@ static const char usage[] =
     "                       is a JSON line {FIELD: text})\n"
     "  --to-ids             tokens stream -> one line of space-separated ids per document\n"
     "                       (or packed row)\n"
+    "  --train-bpe V        learn a byte-level BPE tokenizer of V tokens (the 256 bytes,\n"
+    "                       merges, <|begin_of_text|> and <|end_of_text|>) from the input\n"
+    "                       documents and write its tokenizer.json (Llama-3 pre-tokenizer)\n"
+    "  --gen-kv N           write N KV-retrieval training documents as JSONL {\"text\": ...}:\n"
+    "                       varied templates, 1-60 pairs, keys from --words (default\n"
+    "                       /usr/share/dict/words), documents from --seed (default 7;\n"
+    "                       1 and 1000003, the probe/eval prompt seeds, are refused)\n"
+    "                       mixed with each TEXT_FILE as one document, in an order\n"
+    "                       shuffled by --seed (the teacher's data mixture)\n"
+    "  --words FILE         key word list for --gen-kv\n"
     "  -h, --help           this help;  --version  the version\n"
     "\n"
     "Exit status: 0 ok, 64 usage, 65 bad input data, 66 missing input, 73 cannot create\n"
     "output, 74 I/O error.\n";
 
 enum { IN_WHOLE, IN_LINES, IN_JSONL };
-enum { MODE_TEXT, MODE_IDS, MODE_DECODE, MODE_TO_IDS };
+enum { MODE_TEXT, MODE_IDS, MODE_DECODE, MODE_TO_IDS, MODE_TRAIN, MODE_GEN_KV };
 
 typedef struct opts {
     int mode, input, specials, stats;
     const char *tokenizer, *field, *out, *heldout;
-    int64_t pack;
+    int64_t pack, train_vocab, gen_kv;
+    const char *words;
+    int seed_given;
     int32_t pad;
     double split;
     uint64_t seed;
@@ -84,6 +102,7 @@ typedef struct opts {
 typedef struct sink {
     const opts *o;
     ra_tokens_builder *main, *held;
+    ra_bpe_trainer *train;        /* --train-bpe: documents go here instead */
     int64_t docs, tokens, bytes; /* bytes: of the documents' text */
     int64_t read;                 /* bytes read from the inputs */
     ra_progress progress;
@@ -174,6 +193,12 @@ static void close_input(FILE *f, const char *name) {
 static void encode_doc(sink *s, ra_tokenizer *tok, const char *text, size_t n, ra_ids *ids, const char *name,
                        long long line) {
     ra_error err = {0};
+    if (s->train) {
+        if (ra_bpe_trainer_add(s->train, text, n, &err)) ra_die_error(&err);
+        s->docs++;
+        s->bytes += (int64_t)n;
+        return;
+    }
     ids->n = 0;
     if (ra_tokenizer_encode(tok, text, n, s->o->specials, ids, &err)) {
         if (line > 0) ra_error_prefix(&err, "%s:%lld", name, line);
@@ -211,7 +236,7 @@ static void read_input(sink *s, ra_tokenizer *tok, const char *name) {
     FILE *f = open_input(name);
     const char *shown = strcmp(name, "-") == 0 ? "<stdin>" : name;
     ra_ids ids = {0};
-    if (o->mode == MODE_TEXT && o->input == IN_WHOLE) {
+    if ((o->mode == MODE_TEXT || o->mode == MODE_TRAIN) && o->input == IN_WHOLE) {
         ra_bytes text = {0};
         char chunk[1 << 16];
         size_t n;
@@ -321,6 +346,54 @@ static int run_encode(const opts *o) {
     return 0;
 }
 
+static void out_write(FILE *f, const void *p, size_t n);
+
+/* ---------------------------------------------------------------- training, data */
+
+static int run_train(const opts *o) {
+    ra_error err = {0};
+    sink s = {.o = o};
+    if (ra_bpe_trainer_new(&s.train, &err)) ra_die_error(&err);
+    ra_progress_start(&s.progress, "ra-tok", "bytes", input_size(o));
+    static char *stdin_only[] = {"-"};
+    char **files = o->nfiles ? o->files : stdin_only;
+    int nfiles = o->nfiles ? o->nfiles : 1;
+    for (int i = 0; i < nfiles; i++) read_input(&s, NULL, files[i]);
+    if (s.progress_shown) ra_progress_finish(&s.progress, s.read);
+    double t0 = ra_now();
+    ra_bytes json = {0};
+    int merges = 0;
+    if (ra_bpe_trainer_finish(s.train, (int)o->train_vocab, &json, &merges, &err)) ra_die_error(&err);
+    ra_bytes_append(&json, "\n", 1);
+    if (strcmp(o->out, "-") == 0) {
+        out_write(stdout, json.v, json.n);
+        if (fflush(stdout) != 0 || ferror(stdout)) ra_die(EX_IOERR, "standard output: write error");
+    } else if (ra_write_file_atomic(o->out, json.v, json.n, &err)) {
+        ra_die_error(&err);
+    }
+    if (!ra_progress_quiet)
+        fprintf(stderr, "ra-tok: BPE from %" PRId64 " documents (%" PRId64 " bytes): %d merges, %.1f s\n", s.docs,
+                s.bytes, merges, ra_now() - t0);
+    ra_bytes_free(&json);
+    ra_bpe_trainer_free(s.train);
+    return 0;
+}
+
+static int run_gen_kv(const opts *o) {
+    ra_error err = {0};
+    ra_bytes out = {0};
+    if (kv_docs_mix_jsonl(o->words ? o->words : PROBE_DEFAULT_WORDS, o->seed, o->gen_kv, o->files, o->nfiles, &out, &err))
+        ra_die_error(&err);
+    if (strcmp(o->out, "-") == 0) {
+        out_write(stdout, out.v, out.n);
+        if (fflush(stdout) != 0 || ferror(stdout)) ra_die(EX_IOERR, "standard output: write error");
+    } else if (ra_write_file_atomic(o->out, out.v, out.n, &err)) {
+        ra_die_error(&err);
+    }
+    ra_bytes_free(&out);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- stream -> text / ids */
 
 static void out_write(FILE *f, const void *p, size_t n) {
@@ -391,7 +464,7 @@ static int run_from_stream(const opts *o) {
 
 static void parse_args(int argc, char **argv, opts *o) {
     enum { O_LINES = 256, O_JSONL, O_FIELD, O_SPECIALS, O_IDS, O_DECODE, O_TO_IDS, O_PACK, O_PAD, O_SPLIT,
-           O_HELDOUT, O_SEED, O_STATS };
+           O_HELDOUT, O_SEED, O_STATS, O_TRAIN_BPE, O_GEN_KV, O_WORDS };
     static const struct option longs[] = {
         {"lines", no_argument, 0, O_LINES},     {"jsonl", no_argument, 0, O_JSONL},
         {"field", required_argument, 0, O_FIELD}, {"specials", required_argument, 0, O_SPECIALS},
@@ -399,7 +472,9 @@ static void parse_args(int argc, char **argv, opts *o) {
         {"to-ids", no_argument, 0, O_TO_IDS},   {"pack", required_argument, 0, O_PACK},
         {"pad", required_argument, 0, O_PAD},   {"split", required_argument, 0, O_SPLIT},
         {"heldout", required_argument, 0, O_HELDOUT}, {"seed", required_argument, 0, O_SEED},
-        {"stats", no_argument, 0, O_STATS},     {0, 0, 0, 0}};
+        {"stats", no_argument, 0, O_STATS},     {"train-bpe", required_argument, 0, O_TRAIN_BPE},
+        {"gen-kv", required_argument, 0, O_GEN_KV}, {"words", required_argument, 0, O_WORDS},
+        {0, 0, 0, 0}};
     *o = (opts){.mode = MODE_TEXT, .input = IN_WHOLE, .specials = 1, .field = NULL, .out = "-", .pad = -1,
                 .seed = 1};
     int modes = 0, inputs = 0, specials_given = 0, c;
@@ -428,15 +503,37 @@ static void parse_args(int argc, char **argv, opts *o) {
             if (o->split <= 0 || o->split >= 1) ra_usage_error("--split: %s is not strictly between 0 and 1", optarg);
             break;
         case O_HELDOUT: o->heldout = optarg; break;
-        case O_SEED: o->seed = (uint64_t)ra_parse_int("--seed", optarg, 0, INT64_MAX); break;
+        case O_SEED: o->seed = (uint64_t)ra_parse_int("--seed", optarg, 0, INT64_MAX), o->seed_given = 1; break;
         case O_STATS: o->stats = 1; break;
+        case O_TRAIN_BPE:
+            o->train_vocab = ra_parse_int("--train-bpe", optarg, RA_BPE_MIN_VOCAB, RA_BPE_MAX_VOCAB);
+            o->mode = MODE_TRAIN, modes++;
+            break;
+        case O_GEN_KV: o->gen_kv = ra_parse_int("--gen-kv", optarg, 1, 100000000), o->mode = MODE_GEN_KV, modes++; break;
+        case O_WORDS: o->words = optarg; break;
         case ':': ra_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default: ra_usage_error("unknown option '%s'", argv[optind - 1]);
         }
     }
     o->files = argv + optind;
     o->nfiles = argc - optind;
-    if (modes > 1) ra_usage_error("--ids, --decode and --to-ids exclude each other");
+    if (modes > 1) ra_usage_error("--ids, --decode, --to-ids, --train-bpe and --gen-kv exclude each other");
+    if (o->words && o->mode != MODE_GEN_KV) ra_usage_error("--words is for --gen-kv");
+    if (o->mode == MODE_GEN_KV) {
+        if (!o->seed_given) o->seed = 7; /* 1 is ra-probe's prompt seed, refused by kv_docs */
+        if (o->tokenizer || inputs || o->field || specials_given || o->pack || o->pad >= 0 || o->heldout ||
+            o->split > 0 || o->stats)
+            ra_usage_error("--gen-kv takes only --seed, --words, -o and text FILEs");
+        return;
+    }
+    if (o->mode == MODE_TRAIN) {
+        if (o->tokenizer) ra_usage_error("--train-bpe learns a tokenizer; -t does not apply");
+        if (specials_given || o->pack || o->pad >= 0 || o->heldout || o->split > 0 || o->stats || o->seed_given)
+            ra_usage_error("--train-bpe takes only --lines/--jsonl/--field, -o and input files");
+        if (o->field && o->input != IN_JSONL) ra_usage_error("--field needs --jsonl");
+        if (!o->field) o->field = "text";
+        return;
+    }
     if (inputs > 1) ra_usage_error("--lines and --jsonl exclude each other");
     if (o->field && o->input != IN_JSONL) ra_usage_error("--field needs --jsonl");
     if (!o->field) o->field = "text";
@@ -461,6 +558,8 @@ int main(int argc, char **argv) {
     ra_cli_init(argc, argv, "ra-tok", usage);
     opts o;
     parse_args(argc, argv, &o);
+    if (o.mode == MODE_TRAIN) return run_train(&o);
+    if (o.mode == MODE_GEN_KV) return run_gen_kv(&o);
     if (o.mode == MODE_TEXT || o.mode == MODE_IDS) return run_encode(&o);
     return run_from_stream(&o);
 }

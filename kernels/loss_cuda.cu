@@ -273,8 +273,8 @@ extern "C" void cuda_loss_soft_ce_backward(uint16_t *dzs, const uint16_t *zs, co
 
 /* ---- hard labels ------------------------------------------------------------------------ */
 
-/* Host copy of the labels; the number of counted rows, or -1 with err
- * filled (the CPU twin's message). */
+/* Host copy of the device labels (synchronises): the checks and the count
+ * of counted rows are the CPU twin's, done on the host. */
 static int32_t *host_labels(const int32_t *labels, int n) {
     int32_t *h = (int32_t *)xmalloc((size_t)n * sizeof(int32_t) + 1);
     cuda_synchronize();

@@ -71,7 +71,7 @@ void cuda_rope_backward_strided(uint16_t *dx, int64_t row_stride, const float *c
  * [B,T] device): dq [B,T,H,hd], dk, dv [B,T,Hkv,hd] overwritten (bf16).
  * Materialised per (batch, KV head) block with cuBLAS: S = QKᵀ and dP =
  * dO·Vᵀ in fp32 [Hkv, T, T] scratch, P and dS in bf16 (12 bytes per score:
- * 192 MiB at T = 2048, Hkv = 8); dK, dV summed over the query heads of a
+ * 384 MiB at T = 2048, Hkv = 8); dK, dV summed over the query heads of a
  * group in fp32 scratch [B,T,Hkv,hd] (no atomics).  The work above the
  * diagonal is done and masked (2× the causal minimum). */
 void cuda_attention_backward(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout, const uint16_t *q,

@@ -27,6 +27,7 @@ static float *fbuf(size_t count) { return xcalloc(count ? count : 1, sizeof(floa
 ra_model_grads *ra_model_grads_create(ra_model *m) {
     const hf_config *c = &m->cfg;
     ra_model_grads *g = xcalloc(1, sizeof *g);
+    g->m = m;
     g->n = ra_model_tensor_list(m, &g->t);
     g->grad = xcalloc((size_t)g->n, sizeof *g->grad);
     g->n_layers = c->num_layers;
@@ -54,16 +55,55 @@ ra_model_grads *ra_model_grads_create(ra_model *m) {
 }
 
 void ra_model_grads_zero(ra_model_grads *g) {
-    for (int i = 0; i < g->n; i++) memset(g->grad[i], 0, (size_t)ra_tensor_numel(&g->t[i]) * sizeof(float));
+    for (int i = 0; i < g->n; i++)
+        if (g->grad[i]) memset(g->grad[i], 0, (size_t)ra_tensor_numel(&g->t[i]) * sizeof(float));
 }
 
 void ra_model_grads_free(ra_model_grads *g) {
     if (!g) return;
     for (int l = 0; l < g->n_layers; l++) ra_block_grads_free(g->layers[l]);
-    if (g->lm_head != g->embed) free(g->lm_head);
+    if (g->lm_head != g->embed) free(g->lm_head); /* (released ones are NULL) */
     free(g->embed), free(g->final_norm);
     free(g->layers), free(g->grad), free(g->t);
     free(g);
+}
+
+int64_t ra_model_grads_release_frozen(ra_model_grads *g, ra_optim *o) {
+    ra_model *m = g->m;
+    int64_t released = 0;
+    for (int i = 0; i < g->n; i++) {
+        ra_param *p = ra_optim_find(o, g->t[i].name);
+        if (!p || !p->frozen || !g->grad[i]) continue;
+        float **slot = g->t[i].data;
+        if (slot == &m->embed || slot == &m->lm_head) {
+            /* tied: one tensor, one array for both uses */
+            if (g->lm_head == g->grad[i]) g->lm_head = NULL;
+            if (g->embed == g->grad[i]) g->embed = NULL;
+        } else if (slot == &m->final_norm) {
+            g->final_norm = NULL;
+        } else {
+            int mixer = 0;
+            for (int l = 0; l < g->n_layers; l++) {
+                ra_block_grads *b = g->layers[l];
+                for (int j = 0; j < b->n; j++) {
+                    if (b->t[j].data != slot) continue;
+                    mixer = b->mixer[j];
+                    if (mixer) break;
+                    /* the same field of the gradient layer (see ra_block_grads_create) */
+                    ptrdiff_t off = (const char *)slot - (const char *)&m->layers[l];
+                    float *none = NULL;
+                    memcpy((char *)&b->g + off, &none, sizeof none);
+                    b->grad[j] = NULL;
+                }
+            }
+            if (mixer) continue;
+        }
+        free(g->grad[i]);
+        released += ra_tensor_numel(&g->t[i]);
+        g->grad[i] = NULL;
+        p->g = NULL;
+    }
+    return released;
 }
 
 int ra_model_grads_register(ra_model_grads *g, ra_optim *o, ra_error *err) {
@@ -273,6 +313,6 @@ int ra_model_train_step(ra_model_train *mt, const ra_model_grads *g, ra_stage3_l
     /* Back through the final norm, every block (dx in place) and the embedding. */
     rmsnorm_backward(mt->x0, g->final_norm, mt->dxf, mt->xf, m->final_norm, mt->rstd, n, D);
     for (int l = L - 1; l >= 0; l--) ra_block_backward_dx(mt->acts[l], &g->layers[l]->g, mt->x0, mt->x0);
-    embedding_backward(g->embed, mt->x0, tokens, n, D);
+    if (g->embed) embedding_backward(g->embed, mt->x0, tokens, n, D);
     return 0;
 }

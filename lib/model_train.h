@@ -62,12 +62,13 @@ const char *ra_stage3_loss_name(ra_stage3_loss l);
  * laid out as the model: layers[l] is a ra_block_grads (lib/block_train.h),
  * embed / final_norm / lm_head the rest (lm_head == embed when tied). */
 typedef struct ra_model_grads {
+    ra_model *m;
     int n;                  /* parameters, = ra_model_tensor_list(m) */
     ra_model_tensor *t;     /* [n] name, shape, slot in m */
     float **grad;           /* [n] the gradient of t[i] */
     int n_layers;
     ra_block_grads **layers; /* [n_layers] */
-    float *embed, *final_norm, *lm_head;
+    float *embed, *final_norm, *lm_head; /* NULL once released */
 } ra_model_grads;
 
 ra_model_grads *ra_model_grads_create(ra_model *m);
@@ -76,6 +77,13 @@ void ra_model_grads_free(ra_model_grads *g);
 /* ra_optim_add every parameter (weights m's, gradients g's) by its model
  * tensor name, in ra_model_tensor_list order. */
 int ra_model_grads_register(ra_model_grads *g, ra_optim *o, ra_error *err);
+/* After ra_optim_freeze: free the gradient arrays of frozen parameters
+ * outside the mixers (embedding, LM head, RMSNorms, MLPs), set them NULL
+ * here and in o (a frozen parameter needs none), so the backward neither
+ * stores nor computes them (--freeze embed skips the LM head's weight
+ * gradient, a GEMM as large as the logits).  Mixer parameters keep theirs
+ * (the DM2 backward fills every array).  Returns the floats released. */
+int64_t ra_model_grads_release_frozen(ra_model_grads *g, ra_optim *o);
 
 typedef struct ra_model_train ra_model_train;
 

@@ -150,6 +150,12 @@ struct ra_tokenizer {
     void *heap;
     size_t heap_cap;
     ra_bytes norm_buf, prefix_buf;
+
+    /* When set, each pre-tokenised word (raw bytes) goes here instead of to
+     * BPE: the BPE trainer (lib/tokenizer_train.c) counts words this way,
+     * through exactly the pre-tokenisation that encoding uses. */
+    void (*word_hook)(void *ctx, const unsigned char *w, size_t n);
+    void *word_hook_ctx;
 };
 
 /* tokenizer_pretok.c */

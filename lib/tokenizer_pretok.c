@@ -187,7 +187,8 @@ static int regex_split(ra_tokenizer *t, tok_step *st, const char *s, size_t n, i
 static int pretokenize(ra_tokenizer *t, const char *s, size_t n, int step, ra_ids *out, ra_error *err) {
     if (n == 0) return 0;
     if (step == t->n_steps) {
-        tok_bpe_word(t, (const unsigned char *)s, n, out);
+        if (t->word_hook) t->word_hook(t->word_hook_ctx, (const unsigned char *)s, n);
+        else tok_bpe_word(t, (const unsigned char *)s, n, out);
         return 0;
     }
     tok_step *st = &t->steps[step];

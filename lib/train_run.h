@@ -34,7 +34,10 @@
  * with EX_SOFTWARE (or the callback's code) and a message naming the step
  * and, for callbacks, the micro-batch and its data position; no checkpoint
  * is written after the failure, so the newest one in --ckpt-dir is the last
- * good state.
+ * good state.  Running out of memory: the CPU backend allocates everything
+ * before the first step (xmalloc exits 70 naming the size); a backend that
+ * can fail inside micro_step (a CUDA allocation) returns an error there and
+ * the driver's prefix names the step, micro-batch and data rows that failed.
  *
  * Steps: --steps N, or --tokens N (steps = ceil(N / (batch·seq_len·grad_accum))),
  * or neither: one epoch of the training rows (at least one step).

@@ -214,3 +214,14 @@ col() {
     assert_failure 65
     assert_output --partial "lr"
 }
+
+@test "--freeze with a NaN stop and --resume: still bit-exact (frozen parameters carry no gradients)" {
+    student "$T/r.ra" "$T/st.ra"
+    args=(-m "$T/r.ra" -s "$T/st.ra" -d "$T/tok.ra" "${TRAIN[@]}" --steps 12 --freeze mlp,embed,lm_head)
+    ra-mohawk3 "${args[@]}" -o "$T/full.ra"
+    RA_TEST_NAN_AT_STEP=7 run ra-mohawk3 "${args[@]}" --ckpt-dir "$T/ck" --ckpt-every 5 -o "$T/out.ra"
+    assert_failure 70
+    [ ! -e "$T/out.ra" ]
+    ra-mohawk3 "${args[@]}" --ckpt-dir "$T/ck" --ckpt-every 5 --resume -o "$T/out.ra"
+    cmp "$T/full.ra" "$T/out.ra"
+}

@@ -265,6 +265,49 @@ TEST(labels_and_errors) {
     free_pair(&p);
 }
 
+/* Releasing the gradients of frozen parameters changes nothing else: the
+ * remaining gradients are bit for bit those of a full backward. */
+TEST(release_frozen_gradients) {
+    for (int kind = 1; kind <= 3; kind += 2) { /* tied teacher, routed hybrid */
+        pair p = make_pair(kind);
+        int32_t tok[N];
+        test_seed(31);
+        random_tokens(tok, p.s->cfg.vocab_size);
+        ra_error err = {0};
+        ra_model_train *mt = ra_model_train_create(p.s, p.t, B, T, 0, &err);
+        ra_model_grads *full = ra_model_grads_create(p.s), *part = ra_model_grads_create(p.s);
+        ra_optim *o = ra_optim_create(NULL);
+        EXPECT(ra_model_grads_register(part, o, &err) == 0);
+        /* tied: no lm_head tensor; mixer parameters keep their arrays even when frozen */
+        const char *freeze = kind == 1 ? "embed,mlp,norm" : "embed,mlp,norm,lm_head,layers.1.self_attn";
+        EXPECT_MSG(ra_optim_freeze(o, freeze, &err) == 0, "%s", err.msg);
+        int64_t released = ra_model_grads_release_frozen(part, o);
+        int64_t expect = 0;
+        for (int i = 0; i < o->n; i++) {
+            const char *nm = o->params[i].name;
+            int mixer = strstr(nm, ".self_attn.") || strstr(nm, ".mixer.");
+            EXPECT_MSG((o->params[i].g == NULL) == (o->params[i].frozen && !mixer), "%s", nm);
+            EXPECT((part->grad[i] == NULL) == (o->params[i].g == NULL));
+            if (!o->params[i].g) expect += o->params[i].numel;
+        }
+        EXPECT(released == expect && released > 0);
+        ra_model_grads_zero(full);
+        ra_optim_zero_grad(o);
+        double l1, l2;
+        EXPECT(ra_model_train_step(mt, full, RA_LOSS_KD, tok, doc_start, NULL, B, T, 1, 1, &l1, NULL, &err) == 0);
+        EXPECT(ra_model_train_step(mt, part, RA_LOSS_KD, tok, doc_start, NULL, B, T, 1, 1, &l2, NULL, &err) == 0);
+        EXPECT(l1 == l2);
+        for (int i = 0; i < part->n; i++)
+            if (part->grad[i])
+                EXPECT_MSG(memcmp(part->grad[i], full->grad[i], (size_t)ra_tensor_numel(&part->t[i]) * sizeof(float)) == 0,
+                           "%s differs", part->t[i].name);
+        ra_optim_free(o);
+        ra_model_grads_free(full), ra_model_grads_free(part);
+        ra_model_train_free(mt);
+        free_pair(&p);
+    }
+}
+
 /* A few AdamW steps on one batch lower the loss (kd: a routed student
  * towards its teacher; ce: a teacher-shaped model on its labels). */
 static double train_steps(int kind, ra_stage3_loss loss, int steps, double *first) {
@@ -308,6 +351,7 @@ int main(void) {
     RUN(parallel_hybrid_gradients);
     RUN(gradients_register_by_tensor_name);
     RUN(labels_and_errors);
+    RUN(release_frozen_gradients);
     RUN(losses_fall);
     return test_summary();
 }
