@@ -165,7 +165,11 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
                                        int B, int T, ra_error *err) {
     *out = NULL;
     int rc = cuda_device_init(0, err);
-    if (rc) return rc;
+    if (rc) {
+        char msg[sizeof err->msg];
+        memcpy(msg, err->msg, sizeof msg);
+        return ra_fail(err, rc, "--device cuda: %s; use --device cpu", msg);
+    }
     if ((rc = check_supported(m, "student", err))) return rc;
     if (teacher && (rc = ra_stage3_check_pair(teacher, m, err))) return rc;
     if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))

@@ -29,7 +29,9 @@
  *   refuse a non-finite loss; lr = ra_wsd_lr(schedule, s);
  *   ra_optim_step (refuses non-finite gradients, changing nothing);
  *   weights_changed(ctx); log; evaluate every eval_every steps; checkpoint
- *   every ckpt_every steps and at the end.
+ *   every ckpt_every steps and at the end.  A device stage (st->device,
+ *   --device cuda) zeroes and steps on the device instead and moves its
+ *   state to st->optim before every checkpoint and at the end.
  * A failure (NaN/Inf loss or gradient, a callback's error) stops the run
  * with EX_SOFTWARE (or the callback's code) and a message naming the step
  * and, for callbacks, the micro-batch and its data position; no checkpoint

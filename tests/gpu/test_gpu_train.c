@@ -8,10 +8,14 @@
  *     every activation and activation gradient in bf16 (per element 2⁻⁹
  *     relative) through embedding, 3 layers and back, and attention rounds
  *     P and dS to bf16 as well; per-op errors of 2e-3..2e-2
- *     (test_gpu_backward.c) compound over ~40 ops, so the loss gets 1e-2
- *     (relative) and parameter gradients 6e-2.  The k_proj bias has a zero
- *     gradient analytically (softmax is invariant to a shift of every
- *     score of a row), so it is reported, not compared;
+ *     (test_gpu_backward.c) compound over ~40 ops: measured on an H200
+ *     (tests/gpu/results/test-gpu-train-*.md) the loss is within 3e-4
+ *     and every gradient within 2e-2, so the bars are 2e-3 for the loss
+ *     (relative) and 4e-2 for parameter gradients.  The tied model's
+ *     embedding is scaled down so its logits are O(1..10) as in trained
+ *     models: with the fixture's unit-scale embedding as LM head the logits
+ *     reach ±60, where bf16 logits (absolute error ~0.2) make any softmax
+ *     difference noise;
  *   - evaluation (no gradients) gives the training loss's bits;
  *   - a few optimiser steps on the device lower the loss;
  *   - resume exactness: 4 steps in one go vs 2 steps, the state taken to the
@@ -33,8 +37,8 @@
 #include "optim.h"
 #include "test.h"
 
-#define TOL_LOSS 1e-2
-#define TOL_GRAD 6e-2
+#define TOL_LOSS 2e-3
+#define TOL_GRAD 4e-2
 
 enum { B = 2, T = 96, N = B * T };
 
@@ -65,6 +69,17 @@ static int class_of(const char *name) {
 
 static void note(int cls, double e) {
     if (e > class_max[cls] || isnan(e)) class_max[cls] = e;
+}
+
+/* A fixture teacher; a tied one with its embedding scaled by 1/16 (see the
+ * top of the file). */
+static ra_model *teacher(int variant, uint64_t seed) {
+    ra_model *m = gx_teacher(variant, seed);
+    if (m->lm_head == m->embed) {
+        size_t k = (size_t)m->cfg.vocab_size * m->cfg.hidden_size;
+        for (size_t i = 0; i < k; i++) m->embed[i] = ra_bf16_to_f32(ra_f32_to_bf16(m->embed[i] / 16.0f));
+    }
+    return m;
 }
 
 /* ---- one comparison ---------------------------------------------------------- */
@@ -119,14 +134,7 @@ static void compare(const char *name, ra_model *s, ra_model *t, ra_stage3_loss k
         int64_t numel = ra_tensor_numel(&g->t[i]);
         float *gg = xmalloc((size_t)numel * sizeof(float));
         EXPECT(cuda_model_train_grad(G.ct, g->t[i].name, gg, &err) == 0);
-        if (strstr(g->t[i].name, "k_proj.bias")) {
-            double ng = 0, nc = 0;
-            for (int64_t j = 0; j < numel; j++) ng += (double)gg[j] * gg[j], nc += (double)g->grad[i][j] * g->grad[i][j];
-            printf("#   %-64s zero analytically: |gpu| %.2e |cpu| %.2e\n", g->t[i].name, sqrt(ng), sqrt(nc));
-            EXPECT(isfinite(ng));
-        } else {
-            note(class_of(g->t[i].name), gx_check(g->t[i].name, gg, g->grad[i], (size_t)numel, TOL_GRAD));
-        }
+        note(class_of(g->t[i].name), gx_check(g->t[i].name, gg, g->grad[i], (size_t)numel, TOL_GRAD));
         free(gg);
     }
     /* evaluation: the same forward, no gradients */
@@ -143,7 +151,7 @@ TEST(teacher_shaped_ce_and_kd_match_cpu) {
     static const char *names[] = {"llama3 untied, hd 32, GQA 4", "qwen2 tied, q/k/v biases, hd 64",
                                   "llama attention_bias, hd 32, one KV head"};
     for (int v = 0; v < 3; v++) {
-        ra_model *s = gx_teacher(v, 100 + v), *t = gx_teacher(v, 200 + v);
+        ra_model *s = teacher(v, 100 + v), *t = teacher(v, 200 + v);
         compare(names[v], s, NULL, RA_LOSS_CE, 1.0f, 300 + v);
         if (v < 2) compare(names[v], s, t, RA_LOSS_KD, v ? 2.0f : 1.0f, 400 + v);
         ra_model_free(s), ra_model_free(t);
@@ -169,7 +177,7 @@ static double train_steps(setup *G, const int32_t *tok, int steps, double lr, do
 }
 
 TEST(optimiser_steps_lower_the_loss) {
-    ra_model *s = gx_teacher(1, 7);
+    ra_model *s = teacher(1, 7);
     test_seed(8);
     int32_t *tok = gx_tokens(N, s->cfg.vocab_size);
     setup G;
