@@ -196,3 +196,19 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
     assert_failure
     assert_output --partial "expected routed or parallel"
 }
+
+@test "table1.mk: the report from the results streams alone (as table1-gpu.sh report makes it)" {
+    # what a GPU run brings back: results, the teacher's evaluation, scores, plans; no students
+    mkdir -p "$BATS_FILE_TMPDIR/back"
+    cp "$O"/results-*.ra "$O"/teacher-eval-*.ra "$O"/scores-*.ra "$O"/plan-*.ra "$BATS_FILE_TMPDIR/back/"
+    OUT_DIR="$BATS_FILE_TMPDIR/back" REP="$BATS_FILE_TMPDIR/rep2" run mk report
+    assert_success
+    [ "$(grep -v '^printf ' <<<"$output" | grep -cE '(^|[ ;|])ra-(probe|rank|graft|mohawk2|mohawk3|merge|eval|tok) ')" -eq 0 ]
+    [ -z "$(ls "$BATS_FILE_TMPDIR"/back/student* 2>/dev/null)" ]
+    # the same tables as the report made beside the students (the manifest line names another file)
+    diff <(grep -v manifest "$REP/table1.md") <(grep -v manifest "$BATS_FILE_TMPDIR/rep2/table1.md")
+    # and a results stream missing there is made, not silently skipped: it needs its student
+    rm "$BATS_FILE_TMPDIR"/back/results-*.ra
+    OUT_DIR="$BATS_FILE_TMPDIR/back" REP="$BATS_FILE_TMPDIR/rep2" run mk -n report
+    assert_output --partial "student3"
+}
