@@ -123,7 +123,7 @@ small() { # OUT [TARGET...]
     [ "$(cat "$F"/* | wc -c)" -le 20000000 ]
     ra-show --verify "$F"
     [ "$(jq -c '[.model_type, .tie_word_embeddings, .num_hidden_layers * .num_attention_heads >= 32]' "$F/config.json")" = '["llama",true,true]' ]
-    [ "$(jq .vocab_size "$F/config.json")" -eq "$(jq '[.model.vocab | length, (.added_tokens | length)] | add' "$F/tokenizer.json")" ]
+    [ "$(jq .vocab_size "$F/config.json")" -eq "$(jq '(.model.vocab | length) + (.added_tokens | length)' "$F/tokenizer.json")" ]
     # KV retrieval at 20 pairs with prompts of another seed than eval.md's (1000003), choice scoring
     acc=$(ra-eval -q -m "$F" --task kv --pairs 20 --samples 64 --seed 4242 --score choice --words "$W" --device cpu \
         --format json | jq .kv_choice_20_acc)
