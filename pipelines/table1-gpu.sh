@@ -26,7 +26,7 @@
 #
 # Environment (both modes must see the same values): TEACHER (default
 # tests/fixtures/teacher), WORDS (tests/fixtures/words.txt), and the budgets
-# below; run also: BUILD, MAKE_JOBS (configurations at once, default 6), JOBS
+# below; run also: BUILD, PHASES ("core full"), MAKE_JOBS (configurations at once, default 8), JOBS
 # (stage-2 layers at once per configuration, 2), S2_DEVICE / S3_DEVICE
 # (auto: the check above; cuda or cpu to force), DEVICE (cuda; cpu rehearses
 # the script with tiny budgets, e.g. in CI-like conditions), PROBE_PAIRS,
@@ -47,8 +47,8 @@ S2_TOKENS=${S2_TOKENS:-1000000}
 S3_TOKENS=${S3_TOKENS:-2000000}
 S2_LR=${S2_LR:-1e-3}
 S3_LR=${S3_LR:-1e-4}
-CPU_S2_TOKENS=${CPU_S2_TOKENS:-32768}
-CPU_S3_TOKENS=${CPU_S3_TOKENS:-65536}
+CPU_S2_TOKENS=${CPU_S2_TOKENS:-8192}
+CPU_S3_TOKENS=${CPU_S3_TOKENS:-32768}
 PROBE_PAIRS=${PROBE_PAIRS:-50}
 PROBE_SAMPLES=${PROBE_SAMPLES:-256}
 EVAL_PAIRS=${EVAL_PAIRS:-10,20,30,40,50}
@@ -134,9 +134,15 @@ run)
     echo "stage 2 on $s2dev, stage 3 on $s3dev"
     NOTE="$NOTE, stage 2 on $s2dev, stage 3 on $s3dev"
     printf 'S2_DEVICE=%s\nS3_DEVICE=%s\nNOTE=%s\n' "$s2dev" "$s3dev" "$NOTE" >"$OUTDIR/devices"
-    for phase in core full; do
+    MAKE_JOBS=${MAKE_JOBS:-8}
+    if [ "$s2dev" = cpu ] || [ "$s3dev" = cpu ]; then
+        # CPU training: share the cores among the configurations made at once
+        t=$(($(nproc) / MAKE_JOBS)); [ "$t" -ge 1 ] || t=1
+        export OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t
+    fi
+    for phase in ${PHASES:-core full}; do
         stamp "phase $phase: $(mk "$phase" "$s2dev" "$s3dev" "$O" print-CONFIGS | wc -l) configurations"
-        mk "$phase" "$s2dev" "$s3dev" "$O" -k -j"${MAKE_JOBS:-6}" JOBS="${JOBS:-2}" GPUS=1 streams \
+        mk "$phase" "$s2dev" "$s3dev" "$O" -k -j"$MAKE_JOBS" JOBS="${JOBS:-2}" GPUS=1 streams \
             >"$OUTDIR/make-$phase.log" 2>&1
         rc=$?
         bring_back

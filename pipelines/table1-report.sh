@@ -212,7 +212,9 @@ END {
     print "| stage 3 | `ra-mohawk3 " P["stage3"] "` |"
     print "| evaluation | `ra-eval " P["eval"] "` |"
     print "| training data | " P["data"] " |"
-    print "| grid | heads kept " P["keep"] "; init variants at " P["init_at"] " = " k2 " heads; random controls with seed " P["random_seed"] " |"
+    print "| grid | heads kept " P["keep"] " (of " total "); layouts " P["layouts"] "; state sizes " P["d_states"] "; init mohawk" \
+        (P["init_variants"] != "" ? ", and " P["init_variants"] " at " P["init_at"] " (" k2 " heads)" : "") \
+        (P["random_at"] != "" ? "; random-head controls at " P["random_at"] " (seed " P["random_seed"] ")" : "") " |"
     print ""
 
     # chance of the choice scoring is 1/pairs; the teacher must beat it clearly

@@ -266,7 +266,8 @@ MANIFEST_TEXT := $(strip \
     param stage2 $(S2_FLAGS);param stage3 $(S3_FLAGS);param eval $(EVAL_COMMON);\
     param data $(if $(DATA_FILES),ra-tok --gen-kv $(DATA_KV_DOCS) (seed $(DATA_SEED)) + $(words $(DATA_TRAIN_TEXT)) text files$(comma) held out $(DATA_HELDOUT_DOCS) (seed $(DATA_HELDOUT_SEED)) + $(words $(DATA_HELDOUT_TEXT)) text files,TOKENS=$(TOKENS) EVAL_TOKENS=$(EVAL_TOKENS));\
     param random_seed $(RANDOM_SEED);param heads_total $(HEADS_TOTAL);param head_dim $(HEAD_DIM);\
-    param init_at $(INIT_AT);param init_at_k $(INIT_AT_K);param keep $(KEEP);\
+    param init_at $(INIT_AT);param init_at_k $(INIT_AT_K);param keep $(KEEP);param init_variants $(INIT_VARIANTS);\
+    param random_at $(RANDOM_AT);param layouts $(LAYOUTS);param d_states $(D_STATES);\
     teacher $(TEACHER_JSON);$(foreach c,$(CONFIGS),config $(subst :, ,$(filter $(c):%,$(CONFIG_LINES))) $(JSON_$(c));))
 MANIFEST := $(OUT)/manifest-$(call key,$(MANIFEST_TEXT)).txt
 
