@@ -10,11 +10,9 @@
  * so the backward GEMMs write them directly.  The optimiser step runs on
  * the device and refreshes the bf16 copies.
  *
- * Forward (saving, per layer: the residual entering it, the normed input
- * and 1/rms, q/k/v after RoPE, the attention output, the residual after
- * the mixer, its normed copy and 1/rms, gate/up and the SwiGLU output),
- * final norm, then the vocabulary side in row chunks (logits bf16 [R, V],
- * R·V ≤ 128 Mi elements... see cuda_model_train_logit_rows): logits,
+ * Forward (every layer's input residual kept; the layers' activations as
+ * below), final norm, then the vocabulary side in row chunks (logits bf16
+ * [R, V], R·V ≤ 128 Mi elements, cuda_model_train_logit_rows): logits,
  * loss rows and their gradient in place, pushed through the LM head at
  * once, as lib/model_train.c does.  The loss value comes back once per
  * micro-batch (one download of the per-row losses), so a micro-batch
@@ -25,10 +23,16 @@
  * (kernels/forward_cuda.h, no saved activations) up to its last residual,
  * then its final norm and LM head chunk by chunk next to the student's.
  *
- * Supported so far: teacher-shaped students (all heads softmax attention,
- * GQA, q/k/v/o biases optional, tied or untied LM head) with head_dim 32,
- * 64 or 128; a hybrid student or another head_dim is refused with
- * EX_UNAVAILABLE naming what is missing.
+ * Layers: kernels/block_train_cuda.h (teacher-shaped layers: GQA, q/k/v/o
+ * biases; hybrid layers: kept heads, DiscreteMamba2 heads, routed layout
+ * with the static adapter, parallel layout with the learned one), tied or
+ * untied LM head, head_dim 32, 64 or 128 (another head_dim is refused with
+ * EX_UNAVAILABLE).  Activations are saved per layer, or, when that would
+ * take more than an eighth of the GPU's memory (or RA_TRAIN_RECOMPUTE=1),
+ * kept for one layer and recomputed layer by layer in the backward
+ * (RA_TRAIN_RECOMPUTE=0 forces saving).  The DM2 backward sums some
+ * parameter gradients with float atomics, so a hybrid's steps are not
+ * bit-reproducible (teacher-shaped models' are).
  *
  * Everything is allocated by cuda_model_train_create / _begin (scratch of
  * the backward included), so a step never allocates; running out of GPU
@@ -85,6 +89,8 @@ void cuda_model_train_upload(cuda_model_train *t);
  * tests.  EX_USAGE when it has none (frozen or unknown). */
 int cuda_model_train_grad(cuda_model_train *t, const char *name, float *out, ra_error *err);
 
+/* 1 when activations are recomputed in the backward (see the top). */
+int cuda_model_train_recomputes(const cuda_model_train *t);
 /* Rows of the vocabulary chunk. */
 int cuda_model_train_logit_rows(const cuda_model_train *t);
 /* High-water mark of device memory in use (cudaMemGetInfo: total − free,
