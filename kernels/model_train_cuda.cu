@@ -32,6 +32,11 @@ struct cuda_model_train {
     cuda_optim *opt;
     cuda_blocks *blocks;
     int recompute;
+    /* stage 2: the teacher runs as blocks too (X holds its residuals); the
+     * listed layers; the per-layer losses of the last batch */
+    cuda_blocks *tblocks;
+    int *layers, n_layers;
+    double *layer_losses;
     int B, T, n, R, L, D, V, hd;
     cuda_alloc_ctx ac;
     ra_error alloc_err;
@@ -135,6 +140,8 @@ extern "C" void cuda_model_train_free(cuda_model_train *t) {
                  t->dres};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) cuda_free(p[i]);
     cuda_blocks_free(t->blocks);
+    cuda_blocks_free(t->tblocks);
+    free(t->layers), free(t->layer_losses);
     cuda_optim_free(t->opt);
     cuda_forward_state_free(t->tfs);
     cuda_model_free(t->tm);
@@ -307,21 +314,24 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     ra_model_tensor *tl;
     int nt = ra_model_tensor_list(t->m, &tl), np = t->opt->n;
     place *pl = (place *)xcalloc((size_t)(np ? np : 1), sizeof *pl);
-    int *want = (int *)xcalloc((size_t)t->L * 2, sizeof(int)); /* per layer: q/k/v, gate/up trainable */
+    int *want = (int *)xcalloc((size_t)t->L * 3, sizeof(int)); /* per layer: q/k/v, gate/up trainable; any param */
     for (int i = 0; i < np && !rc; i++) {
         float **slot = slot_of(tl, nt, t->opt->params[i].name);
         if (!slot || !find_place(t, slot, &pl[i]))
             rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device",
                          t->opt->params[i].name);
-        else if (!t->opt->params[i].frozen && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV))
-            want[2 * pl[i].layer] = 1;
-        else if (!t->opt->params[i].frozen && pl[i].fused == F_GU)
-            want[2 * pl[i].layer + 1] = 1;
+        else if (pl[i].layer >= 0) {
+            int *w = want + 3 * pl[i].layer, fr = t->opt->params[i].frozen;
+            w[2] = 1;
+            if (!fr && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV)) w[0] = 1;
+            if (!fr && pl[i].fused == F_GU) w[1] = 1;
+        }
     }
     free(tl);
     t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg);
     for (int l = 0; l < t->L && !rc; l++) {
-        cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[2 * l], want[2 * l + 1], &t->ac);
+        if (!want[3 * l + 2]) continue; /* stage 2: a layer not trained */
+        cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[3 * l], want[3 * l + 1], &t->ac);
         rc = alloc_failed(t, err);
     }
     t->mirrors = (mirror32 *)xcalloc((size_t)(np ? np : 1), sizeof *t->mirrors);
@@ -510,3 +520,97 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     sample_peak(t);
     return 0;
 }
+
+/* ---- stage 2 --------------------------------------------------------------------------------- */
+
+extern "C" int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher,
+                                        ra_optim *optim, const int *layers, int n_layers, int B, int T,
+                                        ra_error *err) {
+    *out = NULL;
+    int rc = cuda_device_init(0, err);
+    if (rc) {
+        char msg[sizeof err->msg];
+        memcpy(msg, err->msg, sizeof msg);
+        return ra_fail(err, rc, "--device cuda: %s; use --device cpu", msg);
+    }
+    if ((rc = check_supported(student, "student", err))) return rc;
+    if (teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
+    if (n_layers < 1) return ra_fail(err, EX_USAGE, "stage 2: no layers to train");
+    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
+        return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
+    const hf_config *c = &student->cfg;
+    cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
+    t->m = student, t->host = optim, t->B = B, t->T = T, t->n = B * T;
+    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
+    t->layers = (int *)xmalloc((size_t)n_layers * sizeof(int));
+    memcpy(t->layers, layers, (size_t)n_layers * sizeof(int));
+    t->n_layers = n_layers;
+    t->layer_losses = (double *)xcalloc((size_t)n_layers, sizeof(double));
+    t->ac.err = &t->alloc_err;
+    t->recompute = 1; /* each listed layer's backward follows its forward */
+    size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
+    int last = layers[n_layers - 1];
+    if ((rc = cuda_model_upload(student, &t->cm, err))) goto fail;
+    if ((rc = cuda_model_upload(teacher, &t->tm, err))) goto fail;
+    t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
+    for (int l = 0; l <= last + 1; l++) t->X[l] = (uint16_t *)dalloc(t, n * D * 2, "the teacher's residuals");
+    t->dres = (uint16_t *)dalloc(t, n * D * 2, "the student block's output");
+    t->cos_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
+    t->sin_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
+    t->starts = (uint8_t *)dalloc(t, n, "document starts");
+    t->d_ints = (int32_t *)dalloc(t, (7 * n + 1) * 4, "token ids, document starts, positions");
+    if ((rc = alloc_failed(t, err))) goto fail;
+    if ((rc = cuda_blocks_create(&t->tblocks, t->tm, B, T, 1, err))) goto fail;
+    if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, 1, err))) goto fail;
+    {
+        int width, kv, ad;
+        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
+        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err))) goto fail;
+    }
+    t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
+    t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
+    t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
+    cuda_synchronize();
+    sample_peak(t);
+    *out = t;
+    return 0;
+fail:
+    rc = oom_code(rc, err, B, T);
+    cuda_model_train_free(t);
+    return rc;
+}
+
+extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens,
+                                      const int32_t *doc_start, int B, int T, float dloss, double *loss,
+                                      ra_error *err) {
+    int rc = check_batch(t, tokens, doc_start, B, T, err);
+    if (rc) return rc;
+    if (!t->opt) return ra_fail(err, EX_SOFTWARE, "cuda_stage2_train_step before cuda_model_train_begin");
+    int n = t->n, D = t->D, last = t->layers[t->n_layers - 1];
+    upload_inputs(t, tokens, doc_start, NULL);
+    const int32_t *d_doc = doc_start ? t->d_ints + n : NULL, *d_pos = t->d_ints + 3 * (size_t)n;
+    cuda_rope_tables(t->cos_t, t->sin_t, d_pos, n, t->cm->inv_freq, t->hd);
+    cuda_block_batch bt = {B, T, t->cos_t, t->sin_t, d_doc, NULL};
+    if (d_doc) {
+        cuda_hybrid_starts(t->starts, d_doc, n, T);
+        bt.starts = t->starts;
+    }
+    /* the teacher's residuals entering layers 0 .. last + 1 */
+    cuda_embedding_forward(t->X[0], t->d_ints, t->tm->embed, n, D);
+    for (int l = 0; l <= last; l++) cuda_block_forward(t->tblocks, l, t->X[l + 1], t->X[l], &bt);
+    double total = 0;
+    for (int i = 0; i < t->n_layers; i++) {
+        int l = t->layers[i];
+        cuda_block_forward(t->blocks, l, t->dres, t->X[l], &bt);
+        t->layer_losses[i] = cuda_loss_l2_forward(t->dres, t->X[l + 1], n, D);
+        total += t->layer_losses[i];
+        if (!want_grads) continue;
+        cuda_loss_l2_backward(t->dres, t->dres, t->X[l + 1], n, D, dloss);
+        cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 0);
+    }
+    *loss = total;
+    sample_peak(t);
+    return 0;
+}
+
+extern "C" const double *cuda_stage2_layer_losses(const cuda_model_train *t) { return t->layer_losses; }

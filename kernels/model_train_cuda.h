@@ -98,6 +98,23 @@ int cuda_model_train_logit_rows(const cuda_model_train *t);
  * context and anything else on the GPU). */
 size_t cuda_model_train_peak_bytes(const cuda_model_train *t);
 
+/* ---- MOHAWK stage 2 (DESIGN §2.5) with the same machinery ----------------
+ * The teacher runs as blocks (kernels/block_train_cuda.h, forward only) up
+ * to the last listed layer, keeping its residuals on the device; each
+ * listed layer l of the student then runs on the teacher's residual
+ * entering l, L_l = mean over tokens of ‖block_l − h_{l+1}‖₂ (the target of
+ * the last layer is the residual before the final norm), and its backward
+ * follows at once (one set of activations).  optim holds the trained
+ * parameters of the listed layers (ra_stage2_register); begin, zero_grad,
+ * optim_step, download, upload and grad as above. */
+int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
+                             const int *layers, int n_layers, int B, int T, ra_error *err);
+/* *loss = Σ_l L_l; with want_grads, dloss·∂L/∂θ accumulated. */
+int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens, const int32_t *doc_start,
+                           int B, int T, float dloss, double *loss, ra_error *err);
+/* L_l of the last step, in the order of the listed layers. */
+const double *cuda_stage2_layer_losses(const cuda_model_train *t);
+
 #ifdef __cplusplus
 }
 #endif

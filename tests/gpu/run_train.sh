@@ -27,7 +27,7 @@ say() { summary+=("$1"); echo "$1"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1
 t0=$(date +%s)
-make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-graft bin/ra-rank $H/mk-hf $H/mk-scores $H/ra-testdata \
+make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-mohawk2 bin/ra-graft bin/ra-rank $H/mk-hf $H/mk-scores $H/ra-testdata \
     $H/test_gpu_train \
     >"$OUT/build.log" 2>&1 || { grep -E 'error' "$OUT/build.log" | head -n 40; say "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1; }
 say "build: ok ($(( $(date +%s) - t0 )) s)"
@@ -113,6 +113,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     bench t256 8 256 8 4 32 688 8192 32 1024 50
     bench t512 8 512 8 4 64 1376 8192 16 1024 40
     kd_bench "$W/t256" 6 routed 32 32 1024 20 RA_TRAIN_RECOMPUTE=0
+    # stage 2 on the same student, every layer
+    ra-mohawk2 -m "$W/t256" -s "$W/t256-6-routed-32.ra" -d "$W/t256-6-routed-32-tok.ra" --device cuda --batch 32 \
+        --seq-len 1024 --steps 12 --lr 1e-4 --log "$W/s2.tsv" -o "$W/s2.ra" 2>"$OUT/bench-s2.log"
+    rc=$?
+    cp "$W/s2.tsv" "$OUT/bench-s2.tsv" 2>/dev/null
+    say "stage 2 t256 routed, layers 0-7 (B32 x T1024, 12 steps): exit $rc, $(awk -F'\t' \
+        'NR==4 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 3..%d), loss %s -> %s", ($2-t0)/($7-e0), $1, first, $3} NR==2 {first=$3}' \
+        "$W/s2.tsv"), $(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-s2.log")"
     # the Llama-3.2-1B shape (random weights), B 4 x T 2048: DESIGN §8's stage-3 step
     $H/mk-hf --layers 16 --hidden 2048 --heads 32 --kv-heads 8 --head-dim 64 --inter 8192 --vocab 128256 \
         --llama3-rope --tied --seed 7 "$W/l1b" >/dev/null

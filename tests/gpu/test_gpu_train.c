@@ -25,7 +25,9 @@
  *   - hybrid students (routed and parallel, kept heads, DM2 heads, both
  *     adapters, a pure-SSM student), ce and kd, saved and recomputed
  *     activations: loss and every gradient as above, with the bars of the
- *     hybrid forward (its SSD runs in bf16 too): 5e-3 loss, 8e-2 gradients.
+ *     hybrid forward (its SSD runs in bf16 too): 5e-3 loss, 8e-2 gradients;
+ *   - stage 2 (per-layer L2 to the teacher's residuals) against
+ *     lib/stage2.c, --train block and mixer, same bars.
  * The largest error per tensor class is printed at the end. */
 #include <math.h>
 #include <stdio.h>
@@ -38,6 +40,7 @@
 #include "ops_backward_cuda.h"
 #include "ops_cuda.h"
 #include "optim.h"
+#include "stage2.h"
 #include "test.h"
 
 #define TOL_LOSS 2e-3
@@ -326,6 +329,51 @@ TEST(hybrid_students_match_cpu) {
     }
 }
 
+/* Stage 2 (cuda_stage2_train_*) against lib/stage2.c: layers 0 and 2 of a
+ * routed hybrid, --train block and --train mixer; loss and every trained
+ * parameter's gradient (hybrid bars). */
+TEST(stage2_matches_cpu) {
+    gx_case c = {"routed static, llama3", 0, "010010001111111100000000", RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 8, 32};
+    ra_model *s = gx_model(&c, 500), *t = gx_teacher(0, 500);
+    int layers[] = {0, 2};
+    test_seed(31);
+    int32_t *tok = gx_tokens(N, s->cfg.vocab_size);
+    for (int mixer_only = 0; mixer_only < 2; mixer_only++) {
+        printf("# stage 2, layers 0 and 2, --train %s\n", mixer_only ? "mixer" : "block");
+        ra_error err = {0, ""};
+        ra_stage2 *cs = NULL;
+        ra_optim *o = ra_optim_create(NULL);
+        cuda_model_train *ct = NULL;
+        double l_cpu = 0, l_gpu = 0;
+        ra_train_batch b = {B, T, tok, doc_start, NULL, 0, 0, 0};
+        if (ra_stage2_create(t, s, layers, 2, mixer_only, B, T, &cs, &err) || ra_stage2_register(cs, o, &err) ||
+            (ra_optim_zero_grad(o), ra_stage2_micro_step(cs, &b, 1.0f, &l_cpu, &err)) ||
+            cuda_stage2_train_create(&ct, s, t, o, layers, 2, B, T, &err) || cuda_model_train_begin(ct, &err)) {
+            printf("# set-up: %s\n", err.msg);
+            EXPECT(0);
+        } else {
+            cuda_model_train_zero_grad(ct);
+            EXPECT(cuda_stage2_train_step(ct, 1, tok, doc_start, B, T, 1.0f, &l_gpu, &err) == 0);
+            double le = fabs(l_gpu - l_cpu) / fabs(l_cpu);
+            printf("#   %-64s cpu %.6f gpu %.6f rel %.2e\n", "loss (sum over layers)", l_cpu, l_gpu, le);
+            note(N_TEACHER_CLASSES - 1 + N_TEACHER_CLASSES, le);
+            EXPECT_MSG(le <= TOL_LOSS_HYBRID, "stage 2 loss: relative error %.3e", le);
+            for (int i = 0; i < o->n; i++) {
+                float *gg = xmalloc((size_t)o->params[i].numel * sizeof(float));
+                EXPECT(cuda_model_train_grad(ct, o->params[i].name, gg, &err) == 0);
+                note(class_of(o->params[i].name) + N_TEACHER_CLASSES,
+                     gx_check(o->params[i].name, gg, o->params[i].g, (size_t)o->params[i].numel, TOL_GRAD_HYBRID));
+                free(gg);
+            }
+        }
+        cuda_model_train_free(ct);
+        ra_optim_free(o);
+        ra_stage2_free(cs);
+    }
+    free(tok);
+    ra_model_free(s), ra_model_free(t);
+}
+
 int main(void) {
     ra_error err = {0, ""};
     if (cuda_device_init(0, &err)) {
@@ -341,6 +389,7 @@ int main(void) {
     RUN(resume_is_bit_exact);
     RUN(nan_hook_changes_nothing);
     RUN(hybrid_students_match_cpu);
+    RUN(stage2_matches_cpu);
     printf("# largest relative L2 error per class (bars: loss %.0e, gradients %.0e; hybrids %.0e, %.0e):\n", TOL_LOSS,
            TOL_GRAD, TOL_LOSS_HYBRID, TOL_GRAD_HYBRID);
     for (int c = 0; c < N_CLASSES; c++) printf("#   %-16s %.2e\n", classes[c], class_max[c]);
