@@ -311,6 +311,7 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
         rc = oom_code(rc, err, t->B, t->T);
         return ra_error_prefix(err, "the optimiser state: ");
     }
+    t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg); /* places point into it */
     ra_model_tensor *tl;
     int nt = ra_model_tensor_list(t->m, &tl), np = t->opt->n;
     place *pl = (place *)xcalloc((size_t)(np ? np : 1), sizeof *pl);
@@ -328,7 +329,6 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
         }
     }
     free(tl);
-    t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg);
     for (int l = 0; l < t->L && !rc; l++) {
         if (!want[3 * l + 2]) continue; /* stage 2: a layer not trained */
         cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[3 * l], want[3 * l + 1], &t->ac);

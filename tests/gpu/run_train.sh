@@ -99,7 +99,7 @@ kd_bench() {
     V=$(grep -o '"vocab_size": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
     mapfile -t D < <(docs "$V" 60 500 3000 13)
     $H/ra-testdata tokens -o "$W/$name-tok.ra" "${D[@]}"
-    env $8 ra-mohawk3 -m "$m" -s "$W/$name.ra" -d "$W/$name-tok.ra" --device cuda --batch "$5" --seq-len "$6" \
+    timeout 200 env $8 ra-mohawk3 -m "$m" -s "$W/$name.ra" -d "$W/$name-tok.ra" --device cuda --batch "$5" --seq-len "$6" \
         --steps "$7" --lr 1e-5 --log "$W/$name.tsv" --dtype bf16 -o "$W/$name-out.ra" 2>"$OUT/bench-$name.log"
     local rc=$? peak
     peak=$(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-$name.log" | cut -d= -f2)
