@@ -62,7 +62,8 @@ jq -r 'def f: if . == null then "NA" else tostring end;
     ((.tables.mem // []) | map(select(.length == 2048)) | .[0].total_mb),
     ((.tables.mem // []) | map(select(.length == 4096)) | .[0].total_mb),
     ((.tables.speed // []) | .[0].decode_tok_s), ((.tables.speed // []) | .[-1].decode_tok_s),
-    ((.tables.speed // []) | .[-1].batch) ] | map(f) | @tsv' "$teacher_json" >"$tmp/teacher.tsv" ||
+    ((.tables.speed // []) | .[-1].batch), ((.tables.kv_choice // []) | map(.samples) | min) ] | map(f) | @tsv' \
+    "$teacher_json" >"$tmp/teacher.tsv" ||
     die "$teacher_json: not a table1 results JSON"
 
 # ------------------------------------------------------------------ plots
@@ -183,6 +184,7 @@ FILENAME == manifest { next }
 FNR == 1 && !tdone { tdone = 1
     np = split($1, pairs, ","); split($2, tacc, ","); split($3, tlt, ",")
     t_acc = $4; t_lt = $5; t_ppl = $6; t_m128 = $7; t_m2048 = $8; t_m4096 = $9; t_dec1 = $10; t_decb = $11; t_b = $12
+    t_samples = $13
     next
 }
 {
@@ -216,6 +218,8 @@ END {
     # chance of the choice scoring is 1/pairs; the teacher must beat it clearly
     chance = 0; for (p = 1; p <= np; p++) chance += 1 / pairs[p]; chance /= np
     teacher_ok = num(t_acc) && t_acc >= 2 * chance && t_acc >= 0.2
+    # fewer prompts than this per pair count and a coverage of 0.95 cannot be told from 0.85
+    samples_ok = t_samples + 0 >= 100
 
     print "## The teacher"
     print ""
@@ -312,6 +316,11 @@ END {
               " against chance " sprintf("%.3f", chance) " (criterion: at least twice chance and at least 0.2),"
         print "so coverage measures noise. The tables are still the pipeline'"'"'s output."
         print ""
+    } else if (!samples_ok) {
+        print "**No verdict: too few prompts.** " fx(t_samples, "%d") " prompts per pair count (criterion: at least 100);"
+        print "the tables are the pipeline'"'"'s output, not evidence."
+        print ""
+        teacher_ok = 0
     }
     nmin = hd + 0; for (s in st) if (s + 0 < nmin) nmin = s + 0
     for (l in lay) layouts[++nl] = l
@@ -351,14 +360,14 @@ END {
         if (best_l == "" || COV[r] > COV[best_r] + 0.01 || (COV[r] >= COV[best_r] - 0.01 && num(PPL[r]) && PPL[r] < PPL[best_r])) { best_l = layouts[i]; best_r = r }
     }
     if (best_l != "")
-        print "- Layout: **" best_l "** (the higher choice coverage at " k2 " heads and N = " hd ", within 0.01 the lower perplexity)" (teacher_ok ? "." : "; but the teacher does not retrieve, so this says nothing yet.")
+        print "- Layout: **" best_l "** (the higher choice coverage at " k2 " heads and N = " hd ", within 0.01 the lower perplexity)" (teacher_ok ? "." : "; but see \"No verdict\" above: this says nothing yet.")
     for (i = 1; i <= nl; i++) {
         l = layouts[i]; bi = ""; bn = ""
         for (j = 1; j <= n; j++) { r = srt[j]
             if (L[r] != l || K[r] != k2 || S[r] != "top" || !num(COV[r])) continue
             if (bi == "" || COV[r] > COV[bb] + 0.01 || (COV[r] >= COV[bb] - 0.01 && num(PPL[r]) && PPL[r] < PPL[bb])) { bi = I[r]; bn = N[r]; bb = r }
         }
-        if (bi != "") print "- Init (" l " layout): **" bi "** (N = " bn "; the best choice coverage at " k2 " heads over every init and state size, within 0.01 the lower perplexity)."
+        if (bi != "") print "- Init (" l " layout): **" bi "** (N = " bn "; the best choice coverage at " k2 " heads over every init and state size, within 0.01 the lower perplexity)" (teacher_ok ? "." : "; no verdict above, so nothing yet.")
     }
     print ""
     print "## Plots"
