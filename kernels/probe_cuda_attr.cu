@@ -304,7 +304,7 @@ static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T, doubl
 
     /* recompute: x_l → attention output (s->att), x_mid, gate/up */
     cuda_copy(s->x, s->cache_x[l], (size_t)n * D * 2);
-    pc_attention_out(s, l, B, T, s->att, a->rstd1);
+    pc_attention_out(s, l, B, T, s->att, a->rstd1, NULL);
     cuda_copy(a->xmid, s->x, (size_t)n * D * 2);
     cuda_linear_residual_forward(a->xmid, s->att, W->wo, W->bo, n, H * hd, D);
     cuda_rmsnorm_forward(s->xn, a->rstd2, a->xmid, W->post_norm, n, D, eps);
@@ -415,6 +415,7 @@ extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, co
             for (int i = i0; i < i1; i++) units[nb++] = (pc_unit){i, -1};
             pc_score_call(&s, d, units, nb, T, outs);
             for (int i = i0; i < i1; i++) base[i] = outs[i - i0];
+            pc_cache_set_base(&s, outs);
         }
         for (int l = L - 1; l >= 0; l--) layer_backward(&s, &a, l, rows, T, acc);
         if (o && o->progress) ra_progress_update(o->progress, i1);

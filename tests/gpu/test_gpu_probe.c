@@ -5,8 +5,12 @@
  *  - the drops agree with the CPU engine in fp32 within bf16 noise;
  *  - deterministic from run to run;
  *  - GPU attribution agrees with the CPU attribution. */
+#include <sys/stat.h>
+
 #include "forward.h"
+#include "forward_cuda.h"
 #include "ops_cuda.h"
+#include "safetensors.h"
 #include "probe.h"
 #include "probe_cuda.h"
 #include "test.h"
@@ -213,6 +217,111 @@ static void gpu_attribution_matches_cpu(int variant, probe_score_mode mode) {
 TEST(gpu_attribution_matches_cpu_choice) { gpu_attribution_matches_cpu(0, PROBE_SCORE_CHOICE); }
 TEST(gpu_attribution_matches_cpu_last_token_qwen) { gpu_attribution_matches_cpu(1, PROBE_SCORE_LAST_TOKEN); }
 
+/* Save m as a Hugging Face directory with bf16 weights. */
+static void save_hf_bf16(const ra_model *m, const char *dir) {
+    mkdir(dir, 0755);
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *cfg = hf_config_to_json(&m->cfg);
+    json_dump_file(cfg, path, 0);
+    json_decref(cfg);
+    ra_model_tensor *t;
+    int n = ra_model_tensor_list((ra_model *)m, &t);
+    st_write_tensor *w = calloc((size_t)n, sizeof *w);
+    void **bufs = calloc((size_t)n, sizeof *bufs);
+    for (int i = 0; i < n; i++) {
+        size_t ne = (size_t)(t[i].shape[0] * (t[i].ndim == 2 ? t[i].shape[1] : 1));
+        bufs[i] = malloc(ne * 2);
+        ra_convert_from_f32(bufs[i], RA_BF16, *t[i].data, ne);
+        w[i] = (st_write_tensor){t[i].name, RA_BF16, t[i].ndim, t[i].shape, bufs[i]};
+    }
+    ra_error err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    EXPECT_MSG(st_write(path, w, n, NULL, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs), free(w), free(t);
+}
+
+static int same_device_bytes(const void *a, const void *b, size_t bytes) {
+    if (!a || !b) return a == b;
+    unsigned char *x = malloc(bytes), *y = malloc(bytes);
+    cuda_download(x, a, bytes);
+    cuda_download(y, b, bytes);
+    int same = memcmp(x, y, bytes) == 0;
+    free(x), free(y);
+    return same;
+}
+
+/* A model left in its checkpoint (ra_model_load_view) uploads to exactly
+ * the device weights of its fp32 load; a session that preloads it, runs
+ * attribution and then exact ablation (reusing attribution's baseline
+ * pass) gives bit for bit the drops of a plain exact run on the fp32 load. */
+TEST(gpu_view_upload_and_session_match_plain_runs) {
+    for (int variant = 0; variant < 2; variant++) {
+        ra_model *m = tiny_model(variant, 60 + variant);
+        char dir[] = "/tmp/ra-test-gpu-probe-XXXXXX";
+        if (!mkdtemp(dir)) return;
+        save_hf_bf16(m, dir);
+        ra_model *full = NULL, *v = NULL;
+        ra_error err = {0};
+        EXPECT_EQ_INT(ra_model_load(dir, &full, &err), 0);
+        EXPECT_EQ_INT(ra_model_load_view(dir, &v, &err), 0);
+        if (!full || !v) return;
+        EXPECT(v->view != NULL);
+        cuda_model *a, *b;
+        EXPECT_EQ_INT(cuda_model_upload(full, &a, &err), 0);
+        EXPECT_EQ_INT(cuda_model_upload(v, &b, &err), 0);
+        const hf_config *c = &m->cfg;
+        size_t D = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, V = c->vocab_size;
+        size_t qkv = (size_t)(c->num_heads + 2 * c->num_kv_heads) * hd, qd = (size_t)c->num_heads * hd;
+        int same = same_device_bytes(a->embed, b->embed, V * D * 2) && same_device_bytes(a->final_norm, b->final_norm, D * 2) &&
+                   (a->lm_head == a->embed) == (b->lm_head == b->embed) && same_device_bytes(a->lm_head, b->lm_head, V * D * 2);
+        for (int l = 0; l < c->num_layers; l++) {
+            cuda_layer_weights *x = &a->layers[l], *y = &b->layers[l];
+            same = same && same_device_bytes(x->input_norm, y->input_norm, D * 2) &&
+                   same_device_bytes(x->post_norm, y->post_norm, D * 2) &&
+                   same_device_bytes(x->wqkv, y->wqkv, qkv * D * 2) && same_device_bytes(x->bqkv, y->bqkv, qkv * 2) &&
+                   same_device_bytes(x->wo, y->wo, D * qd * 2) && same_device_bytes(x->bo, y->bo, D * 2) &&
+                   same_device_bytes(x->w_gate_up, y->w_gate_up, 2 * I * D * 2) &&
+                   same_device_bytes(x->w_down, y->w_down, D * I * 2) &&
+                   memcmp(x->attn_slot, y->attn_slot, (size_t)c->num_heads) == 0;
+        }
+        printf("# variant %d: device weights from the view %s those from the fp32 load\n", variant,
+               same ? "equal" : "DIFFER from");
+        EXPECT(same);
+        cuda_model_free(a), cuda_model_free(b);
+
+        probe_data d;
+        random_data(&d, variant ? PROBE_SCORE_LAST_TOKEN : PROBE_SCORE_CHOICE, 10, 5, c->vocab_size, 70 + variant);
+        int LH = c->num_layers * c->num_heads, N = d.n_items, batch = 64; /* one chunk: the baseline is reused */
+        run_out plain = run_engine(full, &d, batch, 1);
+        run_out ses = {calloc(N, sizeof(probe_outcome)), NULL, calloc(LH, sizeof(float)), calloc(LH, sizeof(float))};
+        float *attr = calloc(LH, sizeof(float));
+        probe_opts o = {batch, NULL};
+        EXPECT_MSG(probe_cuda_preload(v, &err) == 0, "%s", err.msg);
+        EXPECT_MSG(probe_cuda_begin(v, &d, batch, &err) == 0, "%s", err.msg);
+        EXPECT_MSG(probe_attribution_cuda(v, &d, &o, attr, ses.base, &err) == 0, "%s", err.msg);
+        probe_exact_result r = {ses.base, NULL, ses.acc, ses.lp};
+        EXPECT_MSG(probe_exact_cuda(v, &d, NULL, &o, &r, &err) == 0, "%s", err.msg);
+        probe_cuda_end();
+        int base_same = 1;
+        for (int i = 0; i < N; i++)
+            base_same &= ses.base[i].logprob == plain.base[i].logprob && ses.base[i].correct == plain.base[i].correct;
+        int drops_same = memcmp(ses.lp, plain.lp, LH * sizeof(float)) == 0 &&
+                         memcmp(ses.acc, plain.acc, LH * sizeof(float)) == 0;
+        printf("# variant %d: session (view, attribution then exact) vs plain exact: baseline %s, drops %s\n", variant,
+               base_same ? "same" : "DIFFER", drops_same ? "same" : "DIFFER");
+        EXPECT(base_same && drops_same);
+        run_free(&plain), run_free(&ses);
+        free(attr);
+        probe_data_free(&d);
+        ra_model_free(full), ra_model_free(v), ra_model_free(m);
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+    }
+}
+
 int main(void) {
     ra_error err = {0, ""};
     if (cuda_device_init(0, &err)) {
@@ -224,5 +333,6 @@ int main(void) {
     RUN(gpu_engine_matches_cpu_engine_and_is_deterministic);
     RUN(gpu_attribution_matches_cpu_choice);
     RUN(gpu_attribution_matches_cpu_last_token_qwen);
+    RUN(gpu_view_upload_and_session_match_plain_runs);
     return test_summary();
 }
