@@ -426,7 +426,7 @@ extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const ui
     double *sum_acc = (double *)xcalloc((size_t)L * H, sizeof(double));
     double *sum_lp = (double *)xcalloc((size_t)L * H, sizeof(double));
     int *chunk_slot = (int *)xmalloc((size_t)N * sizeof(int));
-    pc_unit *units = (pc_unit *)xmalloc((size_t)B * H * sizeof(pc_unit));
+    pc_unit *units = (pc_unit *)xmalloc((size_t)B * sizeof(pc_unit));
     probe_outcome *outs = (probe_outcome *)xmalloc((size_t)B * sizeof(probe_outcome));
     int64_t done = 0;
 
@@ -454,28 +454,28 @@ extern "C" int probe_exact_cuda(const ra_model *m, const probe_data *d, const ui
             for (int i = i0; i < i1; i++) res->base[i] = outs[i - i0];
         }
 
-        /* ablations, layer by layer, from the cache */
-        for (int l = 0; l < L; l++) {
-            int nu = 0;
-            for (int i = i0; i < i1; i++)
-                for (int h = 0; h < H; h++)
-                    if (!measure || measure[l * H + h]) units[nu++] = (pc_unit){i, h};
-            for (int u0 = 0; u0 < nu;) {
-                int u1 = u0, b = 0;
-                while (u1 < nu && b + d->items[units[u1].item].n_rows <= B) b += d->items[units[u1++].item].n_rows;
-                pc_ablation_call(&s, d, units + u0, u1 - u0, chunk_slot, T, l, outs);
-                for (int u = u0; u < u1; u++) {
-                    int i = units[u].item, h = units[u].head;
-                    probe_outcome a = outs[u - u0];
+        /* ablations from the cache: one call per head, its rows those of
+         * the chunk (at most B) in chunk order.  So a row always lands at
+         * the same offset of a packed call, whichever other heads are
+         * measured: attention's key tiles fall alike and a head's drops are
+         * bit for bit the same in an exact run and in a hybrid's
+         * confirmation. */
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < H; h++) {
+                if (measure && !measure[l * H + h]) continue;
+                int nu = 0;
+                for (int i = i0; i < i1; i++) units[nu++] = (pc_unit){i, h};
+                pc_ablation_call(&s, d, units, nu, chunk_slot, T, l, outs);
+                for (int u = 0; u < nu; u++) {
+                    int i = units[u].item;
+                    probe_outcome a = outs[u];
                     sum_acc[l * H + h] += (double)res->base[i].correct - a.correct;
                     sum_lp[l * H + h] += res->base[i].logprob - a.logprob;
                     if (res->per_head) res->per_head[((size_t)l * H + h) * N + i] = a;
                 }
-                done += u1 - u0;
+                done += nu;
                 if (o && o->progress) ra_progress_update(o->progress, done);
-                u0 = u1;
             }
-        }
         i0 = i1;
     }
     for (int i = 0; i < L * H; i++)
