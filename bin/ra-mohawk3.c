@@ -116,7 +116,7 @@ int main(int argc, char **argv) {
     parse_args(argc, argv, &a);
     ra_error err = {0};
     if (!strcmp(a.train.out, "-") && ra_check_binary_stdout(&err)) ra_die_error(&err);
-    if (ra_train_device_check(&a.train, &err)) ra_die_error(&err);
+    int cuda = a.train.device == RA_DEVICE_CUDA;
 
     ra_model *s = load_model(a.student, "student"), *t = NULL;
     char student_id[RA_MODEL_ID_LEN + 1];
@@ -127,8 +127,12 @@ int main(int argc, char **argv) {
         if (ra_stage3_check_pair(t, s, &err)) ra_die_error(&err);
     }
     stage3 st3 = {.loss = a.loss, .temperature = (float)a.temperature};
-    st3.mt = ra_model_train_create(s, t, a.train.batch, a.train.seq_len, 0, &err);
-    if (!st3.mt) ra_die_error(&err);
+    if (!cuda) {
+        st3.mt = ra_model_train_create(s, t, a.train.batch, a.train.seq_len, 0, &err);
+        if (!st3.mt) ra_die_error(&err);
+    }
+    /* On cuda the host gradient arrays are registered (names, shapes) but
+     * never touched: the device holds the gradients. */
     st3.grads = ra_model_grads_create(s);
     ra_optim *optim = ra_optim_create(NULL);
     if (ra_model_grads_register(st3.grads, optim, &err)) ra_die_error(&err);
@@ -139,14 +143,21 @@ int main(int argc, char **argv) {
                             "teacher", t ? t->content_id : NULL, "temperature", a.temperature);
     ra_train_stage st = {.name = "stage3", .ctx = &st3, .optim = optim, .run = run, .micro_step = micro_step,
                          .eval = eval_batch, .vocab_size = s->cfg.vocab_size};
+    ra_stage3_device *dev = NULL;
+    if (cuda && ra_stage3_device_create(&dev, &st, s, t, optim, a.loss, (float)a.temperature, a.train.batch,
+                                        a.train.seq_len, &err))
+        ra_die_error(&err);
     if (!a.train.quiet) {
         fprintf(stderr, "ra-mohawk3: loss %s", ra_stage3_loss_name(a.loss));
         if (a.loss == RA_LOSS_KD) fprintf(stderr, " (temperature %g)", a.temperature);
         fprintf(stderr, ", %lld parameters, logits in chunks of %d rows\n", (long long)ra_optim_trainable_numel(optim),
-                ra_model_train_logit_rows(st3.mt));
+                cuda ? ra_stage3_device_logit_rows(dev) : ra_model_train_logit_rows(st3.mt));
     }
     ra_train_result res;
-    if (ra_train_run("ra-mohawk3", &a.train, &st, &res, &err)) ra_die_error(&err);
+    int rc = ra_train_run("ra-mohawk3", &a.train, &st, &res, &err);
+    if (cuda) /* for benchmarks (man page: peak device memory) */
+        fprintf(stderr, "peak_device_bytes=%zu\n", ra_stage3_device_peak_bytes(dev));
+    if (rc) ra_die_error(&err);
 
     json_t *params = ra_train_params_json(&a.train);
     json_object_set_new(params, "loss", json_string(ra_stage3_loss_name(a.loss)));
@@ -167,6 +178,7 @@ int main(int argc, char **argv) {
     ra_optim_free(optim);
     ra_model_grads_free(st3.grads);
     ra_model_train_free(st3.mt);
+    ra_stage3_device_free(dev);
     ra_model_free(s);
     ra_model_free(t);
     return 0;

@@ -1,5 +1,6 @@
 /* ra-rank: sort attention heads by their retrieval score and write the head
  * plan (DESIGN §2.3, formats/plan.md). */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,14 +10,17 @@
 #include "atomic_file.h"
 #include "cli.h"
 #include "plan.h"
+#include "rng.h"
 
 static const char usage[] =
-    "Usage: ra-rank (--top K | --fraction F | --threshold T) [options] [SCORES] > plan.ra\n"
+    "Usage: ra-rank (--top K | --fraction F | --threshold T | --random K) [options] [SCORES] > plan.ra\n"
     "Sort the heads of a scores stream (ra-probe) and write a head plan.\n"
     "\n"
     "  --top K          keep the K best heads (0 = a pure-SSM plan)\n"
     "  --fraction F     keep round(F x all heads), 0 <= F <= 1\n"
     "  --threshold T    keep every head whose score is >= T\n"
+    "  --random K       control: keep K heads chosen uniformly at random (scores ignored)\n"
+    "  --seed S         seed of --random (default 1)\n"
     "  --by acc|logprob score to sort by: accuracy drop (default) or log-prob drop\n"
     "  --table          print the ranking (rank layer head acc_drop logprob_drop) on stdout;\n"
     "                   the plan is then written only with -o\n"
@@ -29,22 +33,25 @@ static const char usage[] =
     "SCORES defaults to stdin.  Heads measured exactly rank before heads only\n"
     "estimated (hybrid probes); ties break by the other score, then by layer and head.\n";
 
-typedef enum { SEL_NONE, SEL_TOP, SEL_FRACTION, SEL_THRESHOLD } selection_mode;
+typedef enum { SEL_NONE, SEL_TOP, SEL_FRACTION, SEL_THRESHOLD, SEL_RANDOM } selection_mode;
 
 typedef struct rank_opts {
     selection_mode mode;
-    long long top;
+    long long top; /* K of --top and --random */
+    long long seed;
+    int have_seed;
     double fraction, threshold;
     int by_logprob;
     int table;
     const char *plot, *out, *in;
 } rank_opts;
 
-static const char *mode_name[] = {"", "top", "fraction", "threshold"};
+static const char *mode_name[] = {"", "top", "fraction", "threshold", "random"};
 
 static void parse_args(int argc, char **argv, rank_opts *o) {
     memset(o, 0, sizeof *o);
     o->in = "-";
+    o->seed = 1;
     int have_in = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -55,14 +62,15 @@ static void parse_args(int argc, char **argv, rank_opts *o) {
         if (!strcmp(a, "--top")) m = SEL_TOP;
         else if (!strcmp(a, "--fraction")) m = SEL_FRACTION;
         else if (!strcmp(a, "--threshold")) m = SEL_THRESHOLD;
+        else if (!strcmp(a, "--random")) m = SEL_RANDOM;
         if (m != SEL_NONE) {
             NEED_VALUE();
             if (o->mode != SEL_NONE)
-                ra_usage_error("give exactly one of --top, --fraction, --threshold (--%s and %s)", mode_name[o->mode],
-                               a);
+                ra_usage_error("give exactly one of --top, --fraction, --threshold, --random (--%s and %s)",
+                               mode_name[o->mode], a);
             o->mode = m;
             const char *v = argv[++i];
-            if (m == SEL_TOP) o->top = ra_parse_int(a, v, 0, 1LL << 30);
+            if (m == SEL_TOP || m == SEL_RANDOM) o->top = ra_parse_int(a, v, 0, 1LL << 30);
             else if (m == SEL_FRACTION) o->fraction = ra_parse_double(a, v, 0, 1);
             else o->threshold = ra_parse_double(a, v, -1e30, 1e30);
         } else if (!strcmp(a, "--by")) {
@@ -71,6 +79,10 @@ static void parse_args(int argc, char **argv, rank_opts *o) {
             if (!strcmp(v, "acc")) o->by_logprob = 0;
             else if (!strcmp(v, "logprob")) o->by_logprob = 1;
             else ra_usage_error("--by: '%s', expected acc or logprob", v);
+        } else if (!strcmp(a, "--seed")) {
+            NEED_VALUE();
+            o->seed = ra_parse_int(a, argv[++i], 0, LLONG_MAX);
+            o->have_seed = 1;
         } else if (!strcmp(a, "--table")) {
             o->table = 1;
         } else if (!strcmp(a, "--plot")) {
@@ -90,7 +102,8 @@ static void parse_args(int argc, char **argv, rank_opts *o) {
         }
 #undef NEED_VALUE
     }
-    if (o->mode == SEL_NONE) ra_usage_error("give exactly one of --top K, --fraction F, --threshold T");
+    if (o->mode == SEL_NONE) ra_usage_error("give exactly one of --top K, --fraction F, --threshold T, --random K");
+    if (o->have_seed && o->mode != SEL_RANDOM) ra_usage_error("--seed applies only to --random");
     if (o->plot) {
         const char *dot = strrchr(o->plot, '.');
         if (!dot || (strcmp(dot, ".png") && strcmp(dot, ".svg")))
@@ -123,6 +136,24 @@ static int cmp_heads(const void *pa, const void *pb, void *ctx) {
     return (a > b) - (a < b); /* index = layer * heads + head: (layer, head) ascending */
 }
 
+/* --random: the first k of a seeded Fisher-Yates permutation of all heads,
+ * so every k-subset is equally likely and a seed gives the same heads on
+ * every machine (rng_below is integer-only). */
+static void select_random(long long seed, int all, int k, uint8_t *keep) {
+    int *perm = xmalloc((size_t)all * sizeof(int));
+    for (int i = 0; i < all; i++) perm[i] = i;
+    ra_rng r;
+    rng_seed(&r, (uint64_t)seed);
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)rng_below(&r, (uint64_t)(all - i));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        keep[perm[i]] = 1;
+    }
+    free(perm);
+}
+
 /* keep[] from the selection; order[] is the ranking. */
 static int select_heads(const rank_opts *o, const ra_scores *s, const int *order, uint8_t *keep) {
     int all = s->shape.layers * s->shape.heads, kept = 0;
@@ -133,6 +164,10 @@ static int select_heads(const rank_opts *o, const ra_scores *s, const int *order
         for (int i = 0; i < all; i++)
             if (primary(&c, i) >= o->threshold) keep[i] = 1, kept++;
         return kept;
+    }
+    if (o->mode == SEL_RANDOM) {
+        select_random(o->seed, all, (int)o->top, keep);
+        return (int)o->top;
     }
     int k = o->mode == SEL_TOP ? (int)o->top : (int)llround(o->fraction * all);
     for (int r = 0; r < k; r++) keep[order[r]] = 1;
@@ -225,9 +260,10 @@ static json_t *selection_json(const rank_opts *o, const ra_scores *s) {
     json_t *sel = json_pack("{s:s, s:s, s:s}", "by", o->by_logprob ? "logprob" : "acc", "mode", mode_name[o->mode],
                             "scores", s->content_id);
     json_object_set_new(sel, "value",
-                        o->mode == SEL_TOP        ? json_integer(o->top)
+                        o->mode == SEL_TOP || o->mode == SEL_RANDOM ? json_integer(o->top)
                         : o->mode == SEL_FRACTION ? json_real(o->fraction)
                                                   : json_real(o->threshold));
+    if (o->mode == SEL_RANDOM) json_object_set_new(sel, "seed", json_integer(o->seed));
     return sel;
 }
 
@@ -242,8 +278,8 @@ int main(int argc, char **argv) {
     ra_scores s;
     if (ra_scores_load(o.in, &s, &err)) ra_die_error(&err);
     int all = s.shape.layers * s.shape.heads;
-    if (o.mode == SEL_TOP && o.top > all)
-        ra_usage_error("--top %lld: the teacher has only %d heads (%d layers x %d)", o.top, all, s.shape.layers,
+    if ((o.mode == SEL_TOP || o.mode == SEL_RANDOM) && o.top > all)
+        ra_usage_error("--%s %lld: the teacher has only %d heads (%d layers x %d)", mode_name[o.mode], o.top, all, s.shape.layers,
                        s.shape.heads);
 
     int *order = xmalloc((size_t)all * sizeof(int));
@@ -268,11 +304,14 @@ int main(int argc, char **argv) {
         json_decref(sel);
         json_decref(prov);
     }
+    char summary_by[64];
+    if (o.mode == SEL_RANDOM) snprintf(summary_by, sizeof summary_by, "at random (seed %lld)", o.seed);
+    else snprintf(summary_by, sizeof summary_by, "by %s", o.by_logprob ? "logprob" : "acc");
     if (!ra_progress_quiet)
         fprintf(stderr,
-                "ra-rank: kept %d of %d heads (%.2f%%) by %s; KV cache %lld bytes/token in bf16 "
+                "ra-rank: kept %d of %d heads (%.2f%%) %s; KV cache %lld bytes/token in bf16 "
                 "(%lld with --share-kv; teacher %lld)\n",
-                p.kept, all, all ? 100.0 * p.kept / all : 0.0, o.by_logprob ? "logprob" : "acc",
+                p.kept, all, all ? 100.0 * p.kept / all : 0.0, summary_by,
                 (long long)ra_kv_bytes_per_token(&p.shape, p.keep),
                 (long long)ra_kv_bytes_per_token_shared(&p.shape, p.keep),
                 (long long)s.shape.layers * s.shape.kv_heads * 2 * s.shape.head_dim * 2);

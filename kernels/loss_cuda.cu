@@ -382,3 +382,46 @@ extern "C" double cuda_loss_kl(float *kl, const uint16_t *zs, const uint16_t *zt
     CUDA_CHECK_LAST();
     return sum_rows(row, n) / n;
 }
+
+/* ---- asynchronous row variants for the training step ------------------------------------
+ * No host synchronisation: per-row values go to a caller's device array
+ * (summed once per micro-batch by the caller), labels must already have
+ * been checked on the host. */
+
+/* One block per row: row_loss[i] = lse(z) − z[label] (0 for an ignored
+ * row); with dz (may be z), dz = c·(softmax(z) − onehot(label)), 0 for an
+ * ignored row. */
+__global__ void ce_rows_fused_kernel(float *row_loss, bf16 *dz, const bf16 *z, const int32_t *labels, int V,
+                                     int ignore_index, float c) {
+    __shared__ olse shared[32];
+    size_t base = (size_t)blockIdx.x * V;
+    int lab = labels[blockIdx.x];
+    bool ignored = lab == ignore_index;
+    float zl = ignored ? 0.0f : __bfloat162float(z[base + lab]);
+    olse o = olse_init();
+    for (int v = threadIdx.x; v < V; v += blockDim.x) olse_add(o, __bfloat162float(z[base + v]), 0.0f);
+    o = block_merge(o, shared); /* synchronises: every read of z is done below */
+    float l = olse_value(o);
+    if (threadIdx.x == 0) row_loss[blockIdx.x] = ignored ? 0.0f : l - zl;
+    if (!dz) return;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float g = ignored ? 0.0f : c * expf(__bfloat162float(z[base + v]) - l) - (v == lab ? c : 0.0f);
+        dz[base + v] = __float2bfloat16(g);
+    }
+}
+
+extern "C" void cuda_loss_ce_rows(float *row_loss, uint16_t *dz, const uint16_t *z, const int32_t *labels, int n,
+                                  int V, int ignore_index, float c) {
+    if (n <= 0 || V <= 0) return;
+    ce_rows_fused_kernel<<<n, LOSS_THREADS, 0, ra_cuda_stream>>>(row_loss, (bf16 *)dz, (const bf16 *)z, labels, V,
+                                                                 ignore_index, c);
+    CUDA_CHECK_LAST();
+}
+
+extern "C" void cuda_loss_soft_ce_rows(float *row_loss, uint16_t *dzs, const uint16_t *zs, const uint16_t *zt, int n,
+                                       int V, float T, float c) {
+    if (n <= 0 || V <= 0) return;
+    soft_ce_kernel<<<n, LOSS_THREADS, 0, ra_cuda_stream>>>(row_loss, NULL, NULL, (bf16 *)dzs, (const bf16 *)zs,
+                                                           (const bf16 *)zt, V, 1.0f / T, c / T);
+    CUDA_CHECK_LAST();
+}

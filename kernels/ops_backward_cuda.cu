@@ -182,6 +182,29 @@ extern "C" void cuda_embedding_backward(float *dtable, const uint16_t *dout, con
     CUDA_CHECK_LAST();
 }
 
+/* The same sums with the rows grouped by token on the host (a counting
+ * sort: ids[k] occurs at rows rows[offsets[k] .. offsets[k+1]−1], in
+ * ascending order): block (k, column tile) adds its token's rows in row
+ * order onto the table, so the result has the bits of the kernel above
+ * with one thread per (token, column) instead of one per column. */
+__global__ void embedding_bwd_sorted_kernel(float *dtable, const bf16 *dout, const int32_t *rows, const int32_t *ids,
+                                            const int32_t *offsets, int D) {
+    int k = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= D) return;
+    float *dst = dtable + (size_t)ids[k] * D + c;
+    float acc = *dst;
+    for (int r = offsets[k]; r < offsets[k + 1]; r++) acc += __bfloat162float(dout[(size_t)rows[r] * D + c]);
+    *dst = acc;
+}
+
+extern "C" void cuda_embedding_backward_sorted(float *dtable, const uint16_t *dout, const int32_t *rows,
+                                               const int32_t *ids, const int32_t *offsets, int n_ids, int D) {
+    if (!dtable || n_ids <= 0 || D <= 0) return;
+    dim3 grid((unsigned)n_ids, (unsigned)((D + 127) / 128));
+    embedding_bwd_sorted_kernel<<<grid, 128, 0, ra_cuda_stream>>>(dtable, (const bf16 *)dout, rows, ids, offsets, D);
+    CUDA_CHECK_LAST();
+}
+
 /* ---- RMSNorm ---------------------------------------------------------------------- */
 
 /* dx = r·(w⊙dy) − x·r³·⟨w⊙dy, x⟩/D, one block per row. */
@@ -307,13 +330,20 @@ static void gemm_sb(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
                                             CUBLAS_GEMM_DEFAULT));
 }
 
+/* fp32 [n, heads·hd] (compact) → bf16 rows `stride` elements apart. */
+__global__ void f32_to_bf16_rows_kernel(bf16 *dst, int64_t stride, const float *src, int64_t n, int width) {
+    int64_t total = n * width;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i / width * stride + i % width] = __float2bfloat16(src[i]);
+}
+
 /* One call per (batch b, position r in the GQA group): query heads
  * h = g·group + r for every KV head g, batched over g. */
-extern "C" void cuda_attention_backward(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
-                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                        const int32_t *doc_start, int B, int T, int H, int Hkv, int hd) {
+extern "C" void cuda_attention_backward_ex(const cuda_attention_bwd_args *a) {
+    int B = a->B, T = a->T, H = a->H, Hkv = a->Hkv, hd = a->hd;
     if (B <= 0 || T <= 0 || H <= 0 || Hkv <= 0 || hd <= 0) return;
-    int group = H / Hkv, q_row = H * hd, kv_row = Hkv * hd;
+    int group = H / Hkv, kv_row = Hkv * hd;
+    int64_t qs = a->q_stride, ks = a->kv_stride, os = a->dout_stride, dqs = a->dq_stride;
     float scale = (float)(1.0 / sqrt((double)hd));
     size_t TT = (size_t)T * T, cnt = (size_t)Hkv;
     float *S = (float *)train_scratch(TS_ATT_S, cnt * TT * 4);
@@ -324,34 +354,79 @@ extern "C" void cuda_attention_backward(uint16_t *dq, uint16_t *dk, uint16_t *dv
     float *dk32 = (float *)train_scratch(TS_ATT_DKV, 2 * kv_elems * 4), *dv32 = dk32 + kv_elems;
     long long sQ = (long long)group * hd, sK = hd, sT = (long long)TT;
     for (int b = 0; b < B; b++) {
-        const int32_t *ds = doc_start ? doc_start + (size_t)b * T : NULL;
-        size_t q0 = (size_t)b * T * q_row, k0 = (size_t)b * T * kv_row;
+        const int32_t *ds = a->doc_start ? a->doc_start + (size_t)b * T : NULL;
+        size_t q0 = (size_t)b * T * qs, o0 = (size_t)b * T * os, dq0 = (size_t)b * T * dqs;
+        size_t k0 = (size_t)b * T * ks, s0 = (size_t)b * T * kv_row;
         for (int r = 0; r < group; r++) {
-            const uint16_t *Q = q + q0 + (size_t)r * hd, *dO = dout + q0 + (size_t)r * hd;
-            const uint16_t *K = k + k0, *Vv = v + k0;
+            const uint16_t *Q = a->q + q0 + (size_t)r * hd, *dO = a->dout + o0 + (size_t)r * hd;
+            const uint16_t *K = a->k + k0, *Vv = a->v + k0;
             float beta = r ? 1.0f : 0.0f;
             /* Sᵀ = scale · K_cmᵀ · Q_cm   (S[t][s] = scale · q_t·k_s) */
-            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, K, kv_row, sK, Q, q_row, sQ, 0.0f, S, CUDA_R_32F, T, sT,
-                    Hkv);
+            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, K, (int)ks, sK, Q, (int)qs, sQ, 0.0f, S, CUDA_R_32F, T,
+                    sT, Hkv);
             att_softmax_kernel<<<(unsigned)(cnt * T), 128, 0, ra_cuda_stream>>>(S, (bf16 *)Pb, ds, T);
             CUDA_CHECK_LAST();
             /* dP[t][s] = dO_t · v_s */
-            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, Vv, kv_row, sK, dO, q_row, sQ, 0.0f, dP, CUDA_R_32F, T,
-                    sT, Hkv);
+            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, Vv, (int)ks, sK, dO, (int)os, sQ, 0.0f, dP, CUDA_R_32F,
+                    T, sT, Hkv);
             att_dsoftmax_kernel<<<(unsigned)(cnt * T), 128, 0, ra_cuda_stream>>>((bf16 *)dSb, S, dP, T, scale);
             CUDA_CHECK_LAST();
             /* dQ_cm (hd × T) = K_cm · dS_cm   (dS carries the scale) */
-            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, K, kv_row, sK, dSb, T, sT, 0.0f, dq + q0 + (size_t)r * hd,
-                    CUDA_R_16BF, q_row, sQ, Hkv);
+            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, K, (int)ks, sK, dSb, T, sT, 0.0f,
+                    a->dq + dq0 + (size_t)r * hd, CUDA_R_16BF, (int)dqs, sQ, Hkv);
             /* dK_cm (hd × T) += Q_cm · dS_cmᵀ;  dV_cm += dO_cm · P_cmᵀ */
-            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, Q, q_row, sQ, dSb, T, sT, beta, dk32 + k0, CUDA_R_32F,
+            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, Q, (int)qs, sQ, dSb, T, sT, beta, dk32 + s0, CUDA_R_32F,
                     kv_row, sK, Hkv);
-            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dO, q_row, sQ, Pb, T, sT, beta, dv32 + k0, CUDA_R_32F,
+            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dO, (int)os, sQ, Pb, T, sT, beta, dv32 + s0, CUDA_R_32F,
                     kv_row, sK, Hkv);
         }
     }
-    train_f32_to_bf16(dk, dk32, (int64_t)kv_elems);
-    train_f32_to_bf16(dv, dv32, (int64_t)kv_elems);
+    int64_t rows = (int64_t)B * T;
+    f32_to_bf16_rows_kernel<<<ra_grid_for((int64_t)kv_elems, 256), 256, 0, ra_cuda_stream>>>(
+        (bf16 *)a->dk, a->dkv_stride, dk32, rows, kv_row);
+    CUDA_CHECK_LAST();
+    f32_to_bf16_rows_kernel<<<ra_grid_for((int64_t)kv_elems, 256), 256, 0, ra_cuda_stream>>>(
+        (bf16 *)a->dv, a->dkv_stride, dv32, rows, kv_row);
+    CUDA_CHECK_LAST();
+}
+
+extern "C" void cuda_attention_backward(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
+                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                        const int32_t *doc_start, int B, int T, int H, int Hkv, int hd) {
+    cuda_attention_bwd_args a;
+    a.dq = dq, a.dk = dk, a.dv = dv, a.dout = dout, a.q = q, a.k = k, a.v = v, a.doc_start = doc_start;
+    a.q_stride = a.dout_stride = a.dq_stride = (int64_t)H * hd;
+    a.kv_stride = a.dkv_stride = (int64_t)Hkv * hd;
+    a.B = B, a.T = T, a.H = H, a.Hkv = Hkv, a.hd = hd;
+    cuda_attention_backward_ex(&a);
+}
+
+/* Grow every scratch slot a training step of this shape uses, so that the
+ * step itself allocates nothing (and cannot fail for memory). */
+extern "C" int cuda_train_scratch_reserve(int n, int colsum_width, int B, int T, int Hkv_max, int hd,
+                                          int adapter_D, ra_error *err) {
+    size_t TT = (size_t)T * T;
+    size_t need[TS_N] = {0};
+    need[TS_COLSUM] = (size_t)((n + COLSUM_ROWS - 1) / COLSUM_ROWS) * colsum_width * 4;
+    if (Hkv_max > 0) {
+        need[TS_ATT_S] = need[TS_ATT_DP] = (size_t)Hkv_max * TT * 4;
+        need[TS_ATT_PB] = need[TS_ATT_DSB] = (size_t)Hkv_max * TT * 2;
+        need[TS_ATT_DKV] = 2 * (size_t)B * T * Hkv_max * hd * 4;
+    }
+    need[TS_ADAPTER] = (size_t)n * adapter_D * 4;
+    need[TS_ROWS] = (size_t)n * 4;
+    for (int i = 0; i < TS_N; i++) {
+        if (need[i] <= scratch_size[i]) continue;
+        if (scratch_ptr[i]) {
+            cuda_synchronize();
+            cuda_free(scratch_ptr[i]);
+            scratch_ptr[i] = NULL, scratch_size[i] = 0;
+        }
+        int rc = cuda_malloc_try(&scratch_ptr[i], need[i], "training scratch", err);
+        if (rc) return rc;
+        scratch_size[i] = need[i];
+    }
+    return 0;
 }
 
 extern "C" void cuda_head_mask_backward(uint16_t *dout, const uint8_t *head_keep, int B, int T, int H, int hd) {

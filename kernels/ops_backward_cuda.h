@@ -50,6 +50,12 @@ extern "C" {
  * skipped). */
 void cuda_embedding_backward(float *dtable, const uint16_t *dout, const int32_t *tokens, int n, int D);
 
+/* The same with the rows grouped by token on the host: token ids[k]
+ * (k < n_ids, distinct) occurs at rows rows[offsets[k] .. offsets[k+1]−1]
+ * in ascending order (device arrays).  Same bits, parallel over tokens. */
+void cuda_embedding_backward_sorted(float *dtable, const uint16_t *dout, const int32_t *rows, const int32_t *ids,
+                                    const int32_t *offsets, int n_ids, int D);
+
 /* dx (bf16, overwrite), dweight (fp32, +=) from dout, the forward's input,
  * weight and rstd (cuda_rmsnorm_forward's). */
 void cuda_rmsnorm_backward(uint16_t *dx, float *dweight, const uint16_t *dout, const uint16_t *in,
@@ -77,6 +83,19 @@ void cuda_rope_backward_strided(uint16_t *dx, int64_t row_stride, const float *c
 void cuda_attention_backward(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout, const uint16_t *q,
                              const uint16_t *k, const uint16_t *v, const int32_t *doc_start, int B, int T, int H,
                              int Hkv, int hd);
+
+/* The general form, for q/k/v read in place from a fused q/k/v buffer and
+ * gradients written into a fused gradient buffer: token i, query head h at
+ * q + i·q_stride + h·hd (dout, dq likewise with their strides); KV head g at
+ * k/v + i·kv_stride + g·hd, dk/dv + i·dkv_stride + g·hd. */
+typedef struct cuda_attention_bwd_args {
+    uint16_t *dq, *dk, *dv;
+    const uint16_t *dout, *q, *k, *v;
+    const int32_t *doc_start; /* optional device [B·T] */
+    int64_t q_stride, kv_stride, dout_stride, dq_stride, dkv_stride;
+    int B, T, H, Hkv, hd;
+} cuda_attention_bwd_args;
+void cuda_attention_backward_ex(const cuda_attention_bwd_args *a);
 
 /* In place: zero the gradient slots of ablated heads (device head_keep). */
 void cuda_head_mask_backward(uint16_t *dout, const uint8_t *head_keep, int B, int T, int H, int hd);
@@ -138,6 +157,19 @@ int cuda_loss_ce_forward(double *loss, float *lse, float *nll, int *counted, con
 void cuda_loss_ce_backward(uint16_t *dz, const uint16_t *z, const int32_t *labels, const float *lse, int n, int V,
                            int ignore_index, float dloss);
 
+/* Asynchronous row forms for a training step (no host synchronisation;
+ * the caller sums row_loss, device [n], once per micro-batch):
+ *   cuda_loss_ce_rows: row_loss[i] = lse(z_i) − z_i[label_i] (0 for an
+ *     ignored row); dz (NULL = none; may be z) = c·(softmax − onehot), 0 on
+ *     ignored rows.  Labels must have been checked (cuda_loss_ce_forward's
+ *     checks are the caller's).
+ *   cuda_loss_soft_ce_rows: row_loss[i] = CE(zs_i/T, softmax(zt_i)); dzs
+ *     (may be zs) = (c/T)·(softmax(zs/T) − softmax(zt)). */
+void cuda_loss_ce_rows(float *row_loss, uint16_t *dz, const uint16_t *z, const int32_t *labels, int n, int V,
+                       int ignore_index, float c);
+void cuda_loss_soft_ce_rows(float *row_loss, uint16_t *dzs, const uint16_t *zs, const uint16_t *zt, int n, int V,
+                            float T, float c);
+
 /* kl (optional, device [n]). */
 double cuda_loss_kl(float *kl, const uint16_t *zs, const uint16_t *zt, int n, int V, int chunk);
 
@@ -163,6 +195,7 @@ typedef struct cuda_optim_param {
     int64_t numel;
     int64_t part0;      /* first slot of this parameter in the norm partials */
     int decay, frozen;
+    int g_external;     /* g is caller-owned (cuda_optim_set_grad) */
 } cuda_optim_param;
 
 typedef struct cuda_optim {
@@ -199,6 +232,25 @@ int cuda_optim_step(cuda_optim *o, double lr, ra_error *err);
 /* Copy w, m, v (allocating the host moments if needed), step and
  * last_grad_norm back into the host optimiser it was created from. */
 void cuda_optim_download(const cuda_optim *o, ra_optim *host);
+
+/* Use g (device fp32 [numel], caller-owned, e.g. a slice of a fused
+ * gradient buffer) as parameter i's gradient instead of the optimiser's
+ * own array (which is freed).  Trainable parameters only. */
+void cuda_optim_set_grad(cuda_optim *o, int i, float *g);
+/* The reverse of cuda_optim_download: w, m, v (zeros where the host has
+ * none), step and last_grad_norm from the host optimiser; compute copies
+ * refreshed.  For --resume. */
+void cuda_optim_upload(cuda_optim *o, const ra_optim *host);
+/* Test hook (RA_TEST_NAN_AT_STEP): the first gradient element of the first
+ * trainable parameter becomes NaN. */
+void cuda_optim_poison(cuda_optim *o);
+
+/* Grow the library's training scratch to what a step of n = B·T rows
+ * needs (column sums up to colsum_width columns, attention backward with
+ * up to Hkv_max KV heads of hd, the learned adapter's D; 0 = none), so
+ * the step allocates nothing.  EX_TEMPFAIL when it does not fit. */
+int cuda_train_scratch_reserve(int n, int colsum_width, int B, int T, int Hkv_max, int hd, int adapter_D,
+                               ra_error *err);
 
 /* Release the library's training scratch buffers. */
 void cuda_train_scratch_free(void);

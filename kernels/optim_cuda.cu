@@ -160,7 +160,8 @@ extern "C" void cuda_optim_free(cuda_optim *o) {
     if (!o) return;
     for (int i = 0; i < o->n; i++) {
         cuda_optim_param *p = &o->params[i];
-        cuda_free(p->w), cuda_free(p->g), cuda_free(p->m), cuda_free(p->v);
+        cuda_free(p->w), cuda_free(p->m), cuda_free(p->v);
+        if (!p->g_external) cuda_free(p->g);
     }
     cuda_free(o->partials), cuda_free(o->norm2), cuda_free(o->bad);
     free(o->params);
@@ -232,4 +233,39 @@ extern "C" void cuda_optim_download(const cuda_optim *o, ra_optim *host) {
     }
     host->step = o->step;
     host->last_grad_norm = o->last_grad_norm;
+}
+
+extern "C" void cuda_optim_set_grad(cuda_optim *o, int i, float *g) {
+    if (i < 0 || i >= o->n || o->params[i].frozen) return;
+    cuda_optim_param *p = &o->params[i];
+    if (!p->g_external) cuda_free(p->g);
+    p->g = g;
+    p->g_external = 1;
+}
+
+extern "C" void cuda_optim_upload(cuda_optim *o, const ra_optim *host) {
+    cuda_synchronize();
+    for (int i = 0; i < o->n && i < host->n; i++) {
+        cuda_optim_param *p = &o->params[i];
+        const ra_param *hp = &host->params[i];
+        size_t bytes = (size_t)p->numel * sizeof(float);
+        cuda_upload(p->w, hp->w, bytes);
+        if (p->frozen) continue;
+        if (hp->m) cuda_upload(p->m, hp->m, bytes);
+        else cuda_memset(p->m, 0, bytes);
+        if (hp->v) cuda_upload(p->v, hp->v, bytes);
+        else cuda_memset(p->v, 0, bytes);
+    }
+    o->step = host->step;
+    o->last_grad_norm = host->last_grad_norm;
+    cuda_optim_refresh_compute(o);
+}
+
+extern "C" void cuda_optim_poison(cuda_optim *o) {
+    for (int i = 0; i < o->n; i++)
+        if (!o->params[i].frozen && o->params[i].g) {
+            const float nan = NAN;
+            cuda_upload(o->params[i].g, &nan, sizeof nan);
+            return;
+        }
 }

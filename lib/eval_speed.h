@@ -10,9 +10,16 @@
  * available physical memory), on a GPU when the decoder cannot allocate it.
  * Table "speed": batch, prefill_tok_s, decode_tok_s, state_bytes (the
  * decoder's state for the batch), peak_rss_bytes (the process's peak
- * resident memory so far).  Metrics speed_b<B>_prefill_tok_s,
- * speed_b<B>_decode_tok_s, speed_max_batch.  Timings are wall-clock and
- * vary from run to run. */
+ * resident memory so far), peak_gpu_bytes (CUDA: the device's memory in use
+ * at its highest sample of the batch, after the decoder's create, after the
+ * prefill and after the last step, less what was in use when the sweep
+ * began: weights, KV cache and states, activations, logits and library
+ * workspaces of that batch; cudaMemGetInfo measures the whole device, so
+ * other processes on it count too.  CPU: NAN, "–" in the Markdown table,
+ * null in JSON; peak_rss_bytes is the CPU's figure).  Metrics
+ * speed_b<B>_prefill_tok_s, speed_b<B>_decode_tok_s,
+ * speed_b<B>_peak_gpu_bytes (CUDA only), speed_max_batch.  Timings are
+ * wall-clock and vary from run to run. */
 #ifndef RA_EVAL_SPEED_H
 #define RA_EVAL_SPEED_H
 

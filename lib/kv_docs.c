@@ -38,6 +38,15 @@ static const char *const questions[] = {
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof *(a)))
 
+/* A template index: the probe's own (index 0) with probability 1/2, else
+ * uniform over all of them.  The evaluation asks in the probe's format
+ * only, so it gets half the documents; the other templates keep the model
+ * from learning the format instead of the task. */
+static int pick_template(ra_rng *r, int n) {
+    uint64_t x = rng_below(r, 2 * (uint64_t)n);
+    return x < (uint64_t)n ? 0 : (int)(x - (uint64_t)n);
+}
+
 static void appendf(ra_bytes *o, const char *fmt, const char *key, int value) {
     char buf[256];
     int n = value < 0 ? snprintf(buf, sizeof buf, fmt, key) : snprintf(buf, sizeof buf, fmt, key, value);
@@ -65,13 +74,15 @@ void kv_doc_text(const probe_words *words, uint64_t seed, int64_t index, ra_byte
         perm[i] = perm[j], perm[j] = t;
         value[i] = perm[i];
     }
-    const char *h = headers[rng_below(&r, COUNT(headers))];
+    const char *h = headers[pick_template(&r, COUNT(headers))];
     ra_bytes_append(out, h, strlen(h));
-    const char *pf = pair_formats[rng_below(&r, COUNT(pair_formats))];
+    const char *pf = pair_formats[pick_template(&r, COUNT(pair_formats))];
     for (int i = 0; i < k; i++) appendf(out, pf, words->w[key_idx[i]], value[i]);
-    int nq = 1 + (int)rng_below(&r, 3);
+    /* Every answer is a retrieval example; the rest of the document is
+     * random pairs nothing can predict, so ask several questions. */
+    int nq = 1 + (int)rng_below(&r, KV_DOCS_MAX_QUESTIONS);
     for (int q = 0; q < nq; q++) {
-        int qi = (int)rng_below(&r, (uint64_t)k), form = (int)rng_below(&r, COUNT(questions));
+        int qi = (int)rng_below(&r, (uint64_t)k), form = pick_template(&r, COUNT(questions));
         appendf(out, questions[form], words->w[key_idx[qi]], -1);
         /* the probe's form: both scorings (choice "is42", last-token "is 42") */
         int space = form == 0 ? (int)rng_below(&r, 2) : 1;

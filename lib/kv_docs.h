@@ -7,11 +7,15 @@
  * probe's "Memorize the following dictionary:"), K pairs (K uniform in
  * 1..KV_DOCS_MAX_PAIRS; keys K distinct words of the list, values K
  * distinct integers 0..99) in one pair format per document (among them the
- * probe's "<key>:<value>"), then 1..3 questions about random pairs of the
- * document, each followed by its answer and a newline.  Among the question
- * forms is the probe's "The value of the key '<key>' is" followed by the
- * value with or without a leading space (the probe's last-token and choice
- * scoring).  Everything follows from (word list, seed, document index).
+ * probe's "<key>:<value>"), then 1..KV_DOCS_MAX_QUESTIONS questions about
+ * random pairs of the document, each followed by its answer and a newline.
+ * Among the question forms is the probe's "The value of the key '<key>' is"
+ * followed by the value with or without a leading space (the probe's
+ * last-token and choice scoring).  Header, pair format and each question
+ * form are the probe's own with probability 1/2, else uniform over all the
+ * templates (the probe's included), so about a third of the documents are
+ * in the probe's exact format.  Everything follows from (word list, seed,
+ * document index).
  *
  * Seeds: KV_DOCS_RESERVED_SEED_A/B (ra-probe's and ra-eval kv's default
  * prompt seeds) are refused, so training data never replays the
@@ -26,6 +30,7 @@
 #include "tokenizer.h"
 
 #define KV_DOCS_MAX_PAIRS 60
+#define KV_DOCS_MAX_QUESTIONS 8
 #define KV_DOCS_RESERVED_SEED_A 1       /* ra-probe --seed default */
 #define KV_DOCS_RESERVED_SEED_B 1000003 /* ra-eval kv default (lib/eval_kv.h) */
 

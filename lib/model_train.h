@@ -42,6 +42,7 @@
 #ifndef RA_MODEL_TRAIN_H
 #define RA_MODEL_TRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "block_train.h"
@@ -53,6 +54,8 @@
 #define RA_IGNORE_LABEL (-100)
 
 typedef enum ra_stage3_loss { RA_LOSS_KD = 0, RA_LOSS_CE = 1 } ra_stage3_loss;
+
+struct ra_train_stage; /* lib/train_run.h */
 
 /* "kd" | "ce"; -1 otherwise. */
 int ra_stage3_loss_parse(const char *s, ra_stage3_loss *out);
@@ -111,6 +114,26 @@ void ra_next_token_labels(int32_t *labels, const int32_t *tokens, const int32_t 
 int ra_model_train_step(ra_model_train *mt, const ra_model_grads *g, ra_stage3_loss kind, const int32_t *tokens,
                         const int32_t *doc_start, const int32_t *labels, int B, int T, float temperature, float dloss,
                         double *loss, int *counted, ra_error *err);
+
+/* ---- the same step on the GPU (kernels/model_train_cuda.h) ----------------
+ * A stage for lib/train_run.h whose micro-batches, evaluation and optimiser
+ * run on the device: fills st->ctx, st->micro_step, st->eval and st->device
+ * (the caller sets the rest).  optim: the host optimiser with the student's
+ * parameters registered (ra_model_grads_register); the driver's --freeze
+ * is applied to it before the device optimiser is made.  Errors:
+ * EX_UNAVAILABLE when this build has no CUDA training step, there is no
+ * GPU, or the model's shape is not supported (the message says which);
+ * EX_OSERR when the GPU lacks memory (naming the buffer and the batch).
+ * Implemented in lib/model_train_device.c. */
+typedef struct ra_stage3_device ra_stage3_device;
+int ra_stage3_device_create(ra_stage3_device **out, struct ra_train_stage *st, ra_model *student, const ra_model *teacher,
+                            ra_optim *optim, ra_stage3_loss loss, float temperature, int B, int T, ra_error *err);
+void ra_stage3_device_free(ra_stage3_device *d);
+/* Rows of the vocabulary chunk; device memory high-water mark in bytes
+ * (cudaMemGetInfo: total − free, sampled after set-up and every
+ * micro-batch). */
+int ra_stage3_device_logit_rows(const ra_stage3_device *d);
+size_t ra_stage3_device_peak_bytes(const ra_stage3_device *d);
 
 /* Teacher/student compatibility for kd: same vocabulary size and hidden
  * size, and when the student records a teacher id (meta.hybrid), it is the

@@ -87,7 +87,7 @@ void ra_train_opts_check(const ra_train_opts *o) {
 
 int ra_train_device_check(const ra_train_opts *o, ra_error *err) {
     if (o->device == RA_DEVICE_CUDA)
-        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: training runs on the CPU backend only so far; use --device cpu");
+        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: this stage has no CUDA training step yet; use --device cpu");
     return 0;
 }
 
@@ -183,6 +183,7 @@ static int restore(run_state *s, ra_error *err) {
         return ra_fail(err, EX_DATAERR, "%s: the checkpoint belongs to another run", path);
     }
     ra_checkpoint_clear(&ck);
+    if (s->st->device) s->st->device->upload(s->st->ctx);
     snprintf(s->res->checkpoint, sizeof s->res->checkpoint, "%s", path);
     s->tokens_done = ck.tokens;
     s->rng = ck.rng;
@@ -195,6 +196,7 @@ static int restore(run_state *s, ra_error *err) {
 }
 
 static int save(run_state *s, ra_error *err) {
+    if (s->st->device) s->st->device->download(s->st->ctx);
     ra_checkpoint ck = {.tokens = s->tokens_done,
                         .data_position = ra_train_data_position(s->data),
                         .rng = s->rng,
@@ -270,7 +272,9 @@ static int one_step(run_state *s, int64_t nan_step, ra_error *err) {
     const ra_train_opts *o = s->o;
     ra_optim *opt = s->st->optim;
     int64_t step = opt->step;
-    ra_optim_zero_grad(opt);
+    const ra_train_device_ops *dev = s->st->device;
+    if (dev) dev->zero_grad(s->st->ctx);
+    else ra_optim_zero_grad(opt);
     double loss = 0;
     for (int k = 0; k < o->grad_accum; k++) {
         int64_t pos = ra_train_data_position(s->data);
@@ -284,7 +288,8 @@ static int one_step(run_state *s, int64_t nan_step, ra_error *err) {
         }
         loss += l / o->grad_accum;
     }
-    if (step + 1 == nan_step) /* test hook: RA_TEST_NAN_AT_STEP (steps counted from 1, as in the log) */
+    int poison = step + 1 == nan_step; /* test hook: RA_TEST_NAN_AT_STEP (steps counted from 1, as in the log) */
+    if (poison && !dev)
         for (int i = 0; i < opt->n; i++)
             if (!opt->params[i].frozen && opt->params[i].g) {
                 opt->params[i].g[0] = NAN;
@@ -292,7 +297,7 @@ static int one_step(run_state *s, int64_t nan_step, ra_error *err) {
             }
     if (ra_check_loss_finite(loss, step, err)) return fail_step(s, err);
     double lr = ra_wsd_lr(&s->sched, step);
-    if (ra_optim_step(opt, lr, err)) return fail_step(s, err);
+    if (dev ? dev->step(s->st->ctx, lr, poison, err) : ra_optim_step(opt, lr, err)) return fail_step(s, err);
     s->tokens_done += s->tokens_per_step;
     s->res->last_loss = loss;
     if (s->st->weights_changed && s->st->weights_changed(s->st->ctx, err)) return fail_step(s, err);
@@ -336,7 +341,7 @@ static int setup(run_state *s, ra_error *err) {
     ra_train_stage *st = s->st;
     if (!st->micro_step || !st->optim) return ra_fail(err, EX_SOFTWARE, "training stage without micro_step or optimiser");
     if (o->eval_every && !st->eval) return ra_fail(err, EX_USAGE, "--eval-every: this stage has no evaluation");
-    if (ra_train_device_check(o, err)) return err->code;
+    if (!st->device && ra_train_device_check(o, err)) return err->code;
     int64_t n_held = o->eval_every && !o->heldout ? (int64_t)o->eval_batches * o->batch : 0;
     if (ra_train_data_open(o->data, o->seq_len, st->vocab_size, o->seed, n_held, &s->data, err)) return err->code;
     snprintf(s->res->data_id, sizeof s->res->data_id, "%s", ra_train_data_id(s->data));
@@ -366,6 +371,7 @@ static int setup(run_state *s, ra_error *err) {
     s->tokens = xmalloc(n * sizeof *s->tokens);
     s->doc_start = xmalloc(n * sizeof *s->doc_start);
     s->labels = xmalloc(n * sizeof *s->labels);
+    if (st->device && st->device->begin(st->ctx, err)) return err->code;
     if (o->resume && restore(s, err)) return err->code;
     if (!o->resume && o->ckpt_dir) {
         char path[1024];
@@ -402,6 +408,7 @@ int ra_train_run(const char *prog, const ra_train_opts *o, ra_train_stage *st, r
     while (!rc && st->optim->step < s.total) rc = one_step(&s, nan_step, err);
     /* the final checkpoint (unless the last step just wrote one) */
     if (!rc && o->ckpt_dir && (st->optim->step > s.first_step || res->resumed_from < 0)) rc = save(&s, err);
+    else if (!rc && st->device) st->device->download(st->ctx); /* the trained weights into the host model */
     res->steps = st->optim->step;
     res->tokens = s.tokens_done;
     teardown(&s);

@@ -29,7 +29,9 @@
  *   refuse a non-finite loss; lr = ra_wsd_lr(schedule, s);
  *   ra_optim_step (refuses non-finite gradients, changing nothing);
  *   weights_changed(ctx); log; evaluate every eval_every steps; checkpoint
- *   every ckpt_every steps and at the end.
+ *   every ckpt_every steps and at the end.  A device stage (st->device,
+ *   --device cuda) zeroes and steps on the device instead and moves its
+ *   state to st->optim before every checkpoint and at the end.
  * A failure (NaN/Inf loss or gradient, a callback's error) stops the run
  * with EX_SOFTWARE (or the callback's code) and a message naming the step
  * and, for callbacks, the micro-batch and its data position; no checkpoint
@@ -153,9 +155,32 @@ int ra_train_parse_flag(ra_train_opts *o, int argc, char **argv, int *i);
  * --ckpt-dir, warmup + decay ≤ 1 ...  Exits 64 with a message. */
 void ra_train_opts_check(const ra_train_opts *o);
 
-/* 0 for cpu; EX_UNAVAILABLE for cuda (training runs on the CPU backend
- * only so far). */
+/* For a stage without a device implementation: 0 for cpu, EX_UNAVAILABLE
+ * for cuda ("this stage has no CUDA training step yet").  Stages that have
+ * one (ra_train_stage.device) check through their own constructor. */
 int ra_train_device_check(const ra_train_opts *o, ra_error *err);
+
+/* A stage whose parameters, gradients and optimiser state live on a device
+ * (e.g. kernels/model_train_cuda.h) gives the driver these; the host
+ * ra_optim (st->optim) then holds names, shapes, freeze flags and the
+ * checkpoint copy of the state, and is never stepped on the host. */
+typedef struct ra_train_device_ops {
+    /* After --freeze is applied, before any resume: build the device
+     * optimiser from st->optim. */
+    int (*begin)(void *ctx, ra_error *err);
+    /* Zero every gradient (start of each optimiser step). */
+    void (*zero_grad)(void *ctx);
+    /* One optimiser step with learning rate lr, as ra_optim_step (global
+     * norm, clipping, NaN/Inf guard that changes nothing, AdamW): must
+     * advance st->optim->step and set st->optim->last_grad_norm.  poison:
+     * set a gradient element to NaN first (RA_TEST_NAN_AT_STEP). */
+    int (*step)(void *ctx, double lr, int poison, ra_error *err);
+    /* Device → st->optim (weights, moments, step): before a checkpoint is
+     * written and at the end of the run. */
+    void (*download)(void *ctx);
+    /* st->optim → device: after a checkpoint was read (--resume). */
+    void (*upload)(void *ctx);
+} ra_train_device_ops;
 
 /* The run-defining parameters (a new reference): what the checkpoint's run
  * object and the output's provenance record. */
@@ -182,6 +207,9 @@ typedef struct ra_train_stage {
     /* Called after every optimiser step and after a checkpoint restores the
      * weights (e.g. to refresh device copies).  May be NULL. */
     int (*weights_changed)(void *ctx, ra_error *err);
+    /* Device stages (--device cuda): see ra_train_device_ops; NULL = the
+     * driver steps st->optim on the host. */
+    const ra_train_device_ops *device;
 
     /* Set by the driver before the first callback: the run's generator
      * (seeded by --seed, stored in checkpoints), for stages that draw

@@ -29,6 +29,14 @@
 # shared file system, and have the ra tools on PATH).  A finished layer's
 # part is kept, so a rerun after a failure trains only the missing layers;
 # each job also checkpoints into OUT/s2-KEY/ck-L and resumes from there.
+# GPUS (default: the number nvidia-smi lists, else 1) maps slots to devices
+# round robin (slot s -> GPU (s - 1) mod GPUS), so JOBS may exceed the GPUs.
+#
+# RANK_SELECT (default --top $(HEADS)) is ra-rank's selection, e.g.
+# RANK_SELECT='--random 10 --seed 1' for a control plan of random heads.
+# TEACHER_ID, TOKENS_ID, EVAL_TOKENS_ID may be given by a caller that knows
+# the content ids (pipelines/table1.mk does, to hash the teacher once);
+# otherwise they are read with ra-show --id.
 
 TEACHER ?=
 TOKENS ?=
@@ -46,7 +54,9 @@ S2_FLAGS ?= --seq-len 512 --batch 8
 S3_FLAGS ?=
 EVAL_FLAGS ?= --task logits
 EVAL_TOKENS ?= $(TOKENS)
-JOBS ?= $(or $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU'),1)
+GPUS ?= $(or $(filter-out 0,$(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')),1)
+JOBS ?= $(GPUS)
+RANK_SELECT ?= --top $(HEADS)
 SSHLOGIN ?=
 # directory prefix of the ra tools ("" = PATH), e.g. RA=$(PWD)/bin/
 RA ?=
@@ -60,12 +70,18 @@ SHELL := /bin/bash
 .SUFFIXES:
 
 RA_VERSION := $(shell $(RA)ra-show --version | awk '{ print $$NF }')
+ifeq ($(strip $(TEACHER_ID)),)
 TEACHER_ID := $(shell $(RA)ra-show -q --id '$(TEACHER)')
+endif
 ifeq ($(strip $(TEACHER_ID)),)
 $(error cannot read the content id of TEACHER=$(TEACHER))
 endif
+ifeq ($(strip $(TOKENS_ID)),)
 TOKENS_ID := $(if $(strip $(TOKENS)),$(shell $(RA)ra-show -q --id '$(TOKENS)'))
+endif
+ifeq ($(strip $(EVAL_TOKENS_ID)),)
 EVAL_TOKENS_ID := $(if $(strip $(EVAL_TOKENS)),$(shell $(RA)ra-show -q --id '$(EVAL_TOKENS)'))
+endif
 
 # $(call key,STRING): 16 hex digits naming an artifact
 key = $(shell printf '%s' '$(1)' | sha256sum | cut -c1-16)
@@ -73,7 +89,7 @@ key = $(shell printf '%s' '$(1)' | sha256sum | cut -c1-16)
 GRAFT_ARGS := --layout $(LAYOUT) --init $(INIT) $(if $(D_STATE),--d-state $(D_STATE)) $(GRAFT_FLAGS)
 
 SCORES   := $(OUT)/scores-$(call key,ra-probe $(RA_VERSION) $(PROBE_FLAGS) $(TEACHER_ID)).ra
-PLAN     := $(OUT)/plan-$(call key,ra-rank $(RA_VERSION) --top $(HEADS) $(RANK_FLAGS) $(notdir $(SCORES))).ra
+PLAN     := $(OUT)/plan-$(call key,ra-rank $(RA_VERSION) $(RANK_SELECT) $(RANK_FLAGS) $(notdir $(SCORES))).ra
 STUDENT0 := $(OUT)/student0-$(call key,ra-graft $(RA_VERSION) $(GRAFT_ARGS) $(TEACHER_ID) $(notdir $(PLAN))).ra
 ifeq ($(STAGE1),1)
 STUDENT1 := $(OUT)/student1-$(call key,ra-mohawk1 $(RA_VERSION) $(S1_FLAGS) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT0))).ra
@@ -108,7 +124,7 @@ $(SCORES): | $(OUT)
 	$(RA)ra-probe -m '$(TEACHER)' $(PROBE_FLAGS) -o $@
 
 $(PLAN): $(SCORES)
-	$(RA)ra-rank -q --top $(HEADS) $(RANK_FLAGS) -o $@ $<
+	$(RA)ra-rank -q $(RANK_SELECT) $(RANK_FLAGS) -o $@ $<
 
 $(STUDENT0): $(PLAN)
 	$(RA)ra-graft -q -m '$(TEACHER)' -p $< $(GRAFT_ARGS) -o $@
@@ -127,7 +143,7 @@ $(STUDENT2): $(STUDENT1)
 	n=$$($(RA)ra-show -q '$<' | grep -m1 '"num_hidden_layers"' | tr -dc 0-9); \
 	test -n "$$n" || { echo "distill.mk: $<: no num_hidden_layers in its meta" >&2; exit 65; }; \
 	seq 0 $$((n - 1)) | parallel --halt now,fail=1 -j $(JOBS) $(if $(SSHLOGIN),--sshlogin '$(SSHLOGIN)') \
-	    'test -e $(S2_DIR)/part-{}.ra || CUDA_VISIBLE_DEVICES={= $$_ = slot() - 1 =} $(RA)ra-mohawk2 \
+	    'test -e $(S2_DIR)/part-{}.ra || CUDA_VISIBLE_DEVICES={= $$_ = (slot() - 1) % $(GPUS) =} $(RA)ra-mohawk2 \
 	        -m $(TEACHER) -s $< -d $(TOKENS) --layers {} $(S2_FLAGS) -q \
 	        --ckpt-dir $(S2_DIR)/ck-{} --resume -o $(S2_DIR)/part-{}.ra'
 	$(RA)ra-merge -q -o $@ $< $(S2_DIR)/part-*.ra

@@ -414,12 +414,18 @@ meta_of() { "$TD" describe "$1" | sed -n 's/^meta //p'; }
     # 2 kept heads x 2 x hd 8 values per token, 2 layers x 4 heads x P 8 x N 4 state, bf16
     jq -e '.mem_16_mb == (2*2*8*16 + 2*4*8*4) * 2 / 1e6 and .mem_16_teacher_mb == 2*2*2*8*16*2/1e6' <<<"$output" >/dev/null
     jq -e '.speed_b1_decode_tok_s > 0 and .speed_b2_prefill_tok_s > 0 and .speed_max_batch == 2' <<<"$output" >/dev/null
+    # no GPU: no peak GPU memory metric (the table's column is NaN)
+    jq -e 'has("speed_b1_peak_gpu_bytes") | not' <<<"$output" >/dev/null
+    run ra-eval -q -m "$T/st.ra" --task speed --device cpu --max-batch 2 --prompt-len 8 --gen-len 3
+    assert_success
+    assert_line "| batch | prefill_tok_s | decode_tok_s | state_bytes | peak_rss_bytes | peak_gpu_bytes |"
+    assert_line --regexp '^\| 2 \| [0-9.]+ \| [0-9.]+ \| [0-9]+ \| [0-9]+ \| – \|$'
     run ra-show --verify "$T/r.ra"
     assert_success
     run "$TD" describe "$T/r.ra"
     assert_line "kind results"
     assert_line "tensor table/mem f64 2x8"
-    assert_line "tensor table/speed f64 2x5"
+    assert_line "tensor table/speed f64 2x6"
     m=$(meta_of "$T/r.ra")
     [ "$(jq -r .tables[0].name <<<"$m")" = mem ]
     [ "$(jq -r .teacher <<<"$m")" = "$("$TD" id "$M")" ]

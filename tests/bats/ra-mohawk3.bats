@@ -77,8 +77,14 @@ col() {
     run ra-mohawk3 --loss ce -s "$T/r.ra" -d "$T/tok.ra" --freeze nosuchparam "${TRAIN[@]}" -o "$T/x.ra"
     assert_failure 64
     assert_output --partial "nosuchparam"
-    run ra-mohawk3 --loss ce -s "$T/r.ra" -d "$T/tok.ra" --device cuda -o "$T/x.ra"
+}
+
+@test "--device cuda without CUDA or a GPU exits 69 with a clear message" {
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then skip "a GPU is present"; fi
+    run ra-mohawk3 --loss ce -s "$T/r.ra" -d "$T/tok.ra" "${TRAIN[@]}" --steps 1 --device cuda -o "$T/x.ra"
     assert_failure 69
+    assert_output --partial "--device cuda"
+    assert_output --partial "use --device cpu"
     [ ! -e "$T/x.ra" ]
 }
 

@@ -221,3 +221,64 @@ ranking() { awk 'NR > 1 { print $1, $2, $3 }'; }
     ra-rank -q --top 4 -o "$BATS_TEST_TMPDIR/b.ra" "$S"
     cmp "$BATS_TEST_TMPDIR/a.ra" "$BATS_TEST_TMPDIR/b.ra"
 }
+
+# keep tensor of a plan as one line of 0/1 (layer-major)
+keep_bits() { "$HELPERS/plan-info" "$1" | sed -n 's/^layer [0-9]*://p' | tr '\n' ';'; }
+
+@test "--random K keeps K heads, the same ones for a seed, whatever the scores" {
+    ra-rank -q --random 3 --seed 7 -o "$BATS_TEST_TMPDIR/a.ra" "$S"
+    ra-rank -q --random 3 --seed 7 -o "$BATS_TEST_TMPDIR/b.ra" "$S"
+    cmp "$BATS_TEST_TMPDIR/a.ra" "$BATS_TEST_TMPDIR/b.ra"
+    run "$HELPERS/plan-info" "$BATS_TEST_TMPDIR/a.ra"
+    assert_line "kept 3"
+    assert_line --partial '"mode":"random"'
+    assert_line --partial '"seed":7'
+    assert_line --partial '"value":3'
+    # other scores of the same shape (reversed): the same random heads
+    scores_values | tac | "$HELPERS/mk-scores" -L 3 -H 4 -G 2 -d 16 -o "$BATS_TEST_TMPDIR/rev.ra"
+    ra-rank -q --random 3 --seed 7 -o "$BATS_TEST_TMPDIR/c.ra" "$BATS_TEST_TMPDIR/rev.ra"
+    [ "$(keep_bits "$BATS_TEST_TMPDIR/a.ra")" = "$(keep_bits "$BATS_TEST_TMPDIR/c.ra")" ]
+    # --random 0 and --random all
+    ra-rank -q --random 0 -o "$BATS_TEST_TMPDIR/z.ra" "$S"
+    run "$HELPERS/plan-info" "$BATS_TEST_TMPDIR/z.ra"
+    assert_line "kept 0"
+    ra-rank -q --random 12 -o "$BATS_TEST_TMPDIR/all.ra" "$S"
+    run "$HELPERS/plan-info" "$BATS_TEST_TMPDIR/all.ra"
+    assert_line "kept 12"
+    assert_line "layer 1: 0 1 2 3"
+}
+
+@test "--random: seeds give different heads, every head about equally often" {
+    # 240 seeds x 3 of 12 heads: each head is expected 60 times (binomial sd 6.7)
+    for seed in $(seq 1 240); do
+        ra-rank -q --random 3 --seed "$seed" -o "$BATS_TEST_TMPDIR/p.ra" "$S"
+        "$HELPERS/plan-info" "$BATS_TEST_TMPDIR/p.ra" | sed -n 's/^layer \([0-9]*\):/\1/p' |
+            awk '{ for (i = 2; i <= NF; i++) print $1 ":" $i }'
+    done | sort | uniq -c >"$BATS_TEST_TMPDIR/counts"
+    [ "$(wc -l <"$BATS_TEST_TMPDIR/counts")" -eq 12 ]
+    [ "$(awk '{ s += $1 } END { print s }' "$BATS_TEST_TMPDIR/counts")" -eq 720 ]
+    run awk '$1 < 35 || $1 > 85' "$BATS_TEST_TMPDIR/counts"
+    assert_output ""
+    # not the ranking: the 3 best heads (1:3 1:0 0:1) are not always the kept ones
+    ra-rank -q --random 3 --seed 1 -o "$BATS_TEST_TMPDIR/r1.ra" "$S"
+    ra-rank -q --random 3 --seed 2 -o "$BATS_TEST_TMPDIR/r2.ra" "$S"
+    [ "$(keep_bits "$BATS_TEST_TMPDIR/r1.ra")" != "$(keep_bits "$BATS_TEST_TMPDIR/r2.ra")" ]
+}
+
+@test "--random: summary names the seed; K too large, --seed without --random, two selections are usage errors" {
+    run ra-rank --random 2 --seed 3 -o "$BATS_TEST_TMPDIR/p.ra" "$S"
+    assert_success
+    assert_output --partial "kept 2 of 12 heads"
+    assert_output --partial "at random (seed 3)"
+    run ra-rank --random 13 -o "$BATS_TEST_TMPDIR/x.ra" "$S"
+    assert_failure 64
+    assert_output --partial "only 12 heads"
+    run ra-rank --top 2 --seed 3 "$S"
+    assert_failure 64
+    assert_output --partial "--seed applies only to --random"
+    run ra-rank --top 2 --random 2 "$S"
+    assert_failure 64
+    assert_output --partial "exactly one of"
+    run ra-rank --random 2 --seed -1 "$S"
+    assert_failure 64
+}

@@ -422,6 +422,31 @@ $(ra-show --id "$T/m")" ]
     cmp "$T/m/model.safetensors" "$T/out2/model.safetensors"
 }
 
+@test "--hf-out of a trained tied-embedding model (the teacher's path): ra-eval logits of the export equal the stream's bit for bit" {
+    # the small teacher's recipe in miniature (pipelines/teacher.mk): random init, ra-mohawk3 --loss ce, bf16 out
+    printf '{"model_type": "llama", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": true, "hidden_act": "silu"}\n' >"$T/config.json"
+    ra-graft -q --random-init "$T/config.json" --seed 3 -o "$T/init.ra"
+    awk 'BEGIN { srand(7); for (d = 0; d < 12; d++) { n = 5 + int(rand() * 30); s = ""; for (i = 0; i < n; i++) s = s int(rand() * 50) " "; print s } }' >"$T/ids.txt"
+    ra-tok --ids -o "$T/docs.ra" "$T/ids.txt"
+    ra-mohawk3 -q --loss ce -s "$T/init.ra" -d "$T/docs.ra" --seq-len 16 --batch 2 --steps 3 --lr 1e-2 --dtype bf16 -o "$T/m.ra"
+    ra-show -q --hf-out "$T/hf" "$T/m.ra"
+    # the export holds the stream's tensors (no lm_head: tied) and its config
+    [ "$(ra-show --json --values "$T/m.ra" | jq -c '[.tensors[] | {name, dtype, shape, values}] | sort_by(.name)')" = \
+      "$(ra-show --json --values "$T/hf" | jq -c '[.tensors[] | {name, dtype, shape, values}] | sort_by(.name)')" ]
+    run ra-show --json "$T/hf"
+    refute_output --partial '"lm_head.weight"'
+    [ "$(jq -c .tie_word_embeddings "$T/hf/config.json")" = true ]
+    ra-eval -q -m "$T/m.ra" --task logits -d "$T/docs.ra" --device cpu -o "$T/l-stream.ra"
+    ra-eval -q -m "$T/hf" --task logits -d "$T/docs.ra" --device cpu -o "$T/l-hf.ra"
+    a=$(ra-show --json --values "$T/l-stream.ra" | jq -c '.tensors')
+    b=$(ra-show --json --values "$T/l-hf.ra" | jq -c '.tensors')
+    [ "$(echo "$a" | jq length)" -eq 12 ]
+    [ "$a" = "$b" ]
+    # and the logits depend on the weights: another model's differ
+    ra-eval -q -m "$T/init.ra" --task logits -d "$T/docs.ra" --device cpu -o "$T/l-init.ra"
+    [ "$(ra-show --json --values "$T/l-init.ra" | jq -c '.tensors')" != "$a" ]
+}
+
 @test "--hf-out refuses other kinds, bad configs, checkpoints and stale indexes" {
     "$MKHF" --kind scores --ra "$T/s.ra" "$T/m"
     run ra-show --hf-out "$T/out" "$T/s.ra"

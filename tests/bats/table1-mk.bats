@@ -1,0 +1,198 @@
+#!/usr/bin/env bats
+# pipelines/table1.mk end to end on CPU with tiny budgets: the whole grid
+# (probe -> rank -> graft -> stage 2 per layer -> stage 3 -> eval -> report),
+# every artifact verifies and is what its configuration says, ranks are
+# deterministic, a second make does nothing, a stage-3 change reruns only
+# stage 3 and eval, a corrupted intermediate is detected and rebuilt.
+#
+# TEACHER: until the trained test teacher is committed, a random-init Llama
+# with a fixture tokenizer, made in setup_file.  To use the real one, set
+# TEACHER="$ROOT/tests/fixtures/teacher" in the line below (and drop the
+# random-init lines of setup_file if you like).
+
+load '/usr/lib/bats/bats-support/load'
+load '/usr/lib/bats/bats-assert/load'
+
+ROOT="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
+TEACHER_DIR="$BATS_FILE_TMPDIR/teacher"
+
+setup_file() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+    mkdir -p "$TEACHER_DIR"
+    # vocabulary = the fixture tokenizer's 2000 tokens + 3 specials
+    cat >"$BATS_FILE_TMPDIR/config.json" <<'EOF'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 2003, "hidden_size": 32,
+ "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+ "tie_word_embeddings": true, "hidden_act": "silu", "bos_token_id": 2000, "eos_token_id": 2001}
+EOF
+    ra-graft -q --random-init "$BATS_FILE_TMPDIR/config.json" --seed 1 -o "$BATS_FILE_TMPDIR/init.ra"
+    ra-show -q --hf-out "$TEACHER_DIR" "$BATS_FILE_TMPDIR/init.ra"
+    cp "$ROOT/tests/fixtures/tokenizers/llama3-style/"* "$TEACHER_DIR/"
+}
+
+setup() {
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+    TEACHER="$TEACHER_DIR"
+    O="$BATS_FILE_TMPDIR/out"
+    REP="$BATS_FILE_TMPDIR/results"
+}
+
+# The pipeline with CI budgets; extra arguments go to make.
+mk() {
+    make -f "$ROOT/pipelines/table1.mk" TEACHER="$TEACHER" OUT="${OUT_DIR:-$O}" REPORT="$REP" DEVICE=cpu JOBS=1 \
+        WORDS="$ROOT/tests/fixtures/words.txt" PROBE_PAIRS=4 PROBE_SAMPLES=8 SEQ_LEN=32 BATCH=2 \
+        S2_TOKENS=128 S3_TOKENS=128 EVAL_PAIRS=2,4 EVAL_SAMPLES=4 MEM_LENGTHS=128,2048,4096 \
+        SPEED_FLAGS="--max-batch 1 --prompt-len 8 --gen-len 4" DATA_KV_DOCS=40 DATA_HELDOUT_DOCS=8 "$@"
+}
+
+# meta of a ra stream as JSON (from ra-show's summary: no tensor values)
+meta() { ra-show -q "$1" | awk '/^meta /{ p = 1; sub(/^meta +/, "") } /^provenance/{ p = 0 } p'; }
+
+# "path mtime" of every file under $O (stamps excluded)
+mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' | sort; }
+
+@test "table1.mk: the whole grid, every artifact verifies and matches its configuration, the report" {
+    run mk
+    assert_success
+    mk print-CONFIGS >"$BATS_FILE_TMPDIR/configs"
+    # 2 layers x 8 heads: K in {0, 1, 2, 16}; 2 layouts x 2 state sizes (4, 1), less routed/16/1;
+    # attention (N=4) and svd (N=4, 1) at 1 head; random 1 and 2 heads in both layouts
+    [ "$(wc -l <"$BATS_FILE_TMPDIR/configs")" -eq 25 ]
+    [ "$(awk '$2 == "grid"' "$BATS_FILE_TMPDIR/configs" | wc -l)" -eq 15 ]
+    [ "$(awk '$2 == "random"' "$BATS_FILE_TMPDIR/configs" | wc -l)" -eq 4 ]
+    # every ra artifact (scores, plans, students, stage-2 parts, results, data) verifies
+    n=0
+    while read -r f; do
+        ra-show -q --verify "$f" >/dev/null || { echo "does not verify: $f"; return 1; }
+        n=$((n + 1))
+    done < <(find "$O" -name '*.ra' -not -path '*/ck-*' -not -path '*/.verified/*')
+    [ "$n" -gt 100 ]
+    # each configuration's student and plan are what its name says; results are results
+    for f in "$O"/student3-*.ra "$O"/plan-*.ra; do echo "$(ra-show -q --id "$f") $f"; done >"$BATS_FILE_TMPDIR/ids"
+    by_id() { awk -v id="$1" '$1 == id { print $2 }' "$BATS_FILE_TMPDIR/ids"; }
+    while read -r name group k layout n init select res; do
+        [ "$(ra-show -q --json "$res" | jq -r .kind)" = results ]
+        s3=$(by_id "$(meta "$res" | jq -r .model)")
+        [ -n "$s3" ] || { echo "$name: no student3 with the id its results name"; return 1; }
+        h=$(meta "$s3" | jq -c '.hybrid | [.layout, .d_state, .init, ([.kept_heads[] | length] | add)]')
+        [ "$h" = "[\"$layout\",$n,\"$init\",$k]" ] || { echo "$name: student3 has $h"; return 1; }
+        p=$(by_id "$(meta "$s3" | jq -r .hybrid.plan)")
+        [ "$(meta "$p" | jq -r .selection.mode)" = "$select" ]
+    done <"$BATS_FILE_TMPDIR/configs"
+    # one JSON per configuration and the teacher's
+    [ "$(ls "$O"/json/*.json | wc -l)" -eq 26 ]
+    # the report: a retrieval row and an LM row per grid configuration, every section, the plots
+    [ -s "$REP/table1.md" ]
+    [ "$(grep -cE '^\| [0-9]+ \([0-9.]+%\) \| (routed|parallel) \| [0-9]+ \|' "$REP/table1.md")" -eq 15 ]
+    grep -q '^| 0 (0.0%) | routed | 4 |' "$REP/table1.md"
+    grep -q '^| 16 (100.0%) | parallel | 1 |' "$REP/table1.md"
+    for s in "## The teacher" "## Retrieval (the grid)" "## Language modelling, memory and speed (the grid)" \
+        "## Initialisation at 1 heads kept" "## Control: ranked heads vs the same number of random heads" \
+        "## What reproduces the paper" "## Defaults"; do
+        grep -qF "$s" "$REP/table1.md" || { echo "missing: $s"; return 1; }
+    done
+    grep -q '^| routed | 4 | attention |' "$REP/table1.md"
+    grep -q '^| parallel | 1 | svd |' "$REP/table1.md"
+    # the random-init teacher does not retrieve: the report must say so, not claim anything
+    grep -q 'No verdict: the teacher does not retrieve' "$REP/table1.md"
+    for p in coverage memory kv-routed-n4 kv-routed-n1 kv-parallel-n4 kv-parallel-n1; do
+        [ "$(head -c 4 "$REP/table1/$p.png" | tail -c 3)" = PNG ] || { echo "not a PNG: $p"; return 1; }
+    done
+    # the memory column is the model's own arithmetic: 0 heads = SSM state only, the same at every length
+    row=$(grep '^| 0 | routed | 4 |' "$REP/table1.md")
+    [ "$(cut -d'|' -f7 <<<"$row")" = "$(cut -d'|' -f9 <<<"$row")" ]
+}
+
+@test "table1.mk: ranks are deterministic (a second probe and rank from scratch)" {
+    OUT_DIR="$BATS_FILE_TMPDIR/out2" run mk plans
+    assert_success
+    for f in "$O"/scores-*.ra "$O"/plan-*.ra; do
+        cmp "$f" "$BATS_FILE_TMPDIR/out2/$(basename "$f")"
+    done
+    [ "$(ls "$BATS_FILE_TMPDIR"/out2/plan-*.ra | wc -l)" -eq "$(ls "$O"/plan-*.ra | wc -l)" ]
+}
+
+@test "table1.mk: a second make does nothing" {
+    before=$(mtimes)
+    run mk -q
+    assert_success
+    run mk
+    assert_success
+    assert_output --partial "Nothing to be done"
+    refute_output --partial "ra-"
+    [ "$(mtimes)" = "$before" ]
+}
+
+@test "table1.mk: changing stage 3's budget reruns stage 3 and eval only" {
+    s0s2=$(ls -l --time-style=+%s.%N "$O"/student0-*.ra "$O"/student2-*.ra "$O"/scores-*.ra "$O"/plan-*.ra)
+    old3=$(ls "$O"/student3-*.ra)
+    run mk S3_TOKENS=64
+    assert_success
+    [ "$(grep -c '^ra-mohawk3 ' <<<"$output")" -eq 25 ]
+    [ "$(grep -c '^ra-eval ' <<<"$output")" -eq 25 ]
+    [ "$(grep -v '^printf ' <<<"$output" | grep -cE '(^|[ ;|])ra-(probe|rank|graft|mohawk2|merge|tok) ')" -eq 0 ]
+    [ "$(ls -l --time-style=+%s.%N "$O"/student0-*.ra "$O"/student2-*.ra "$O"/scores-*.ra "$O"/plan-*.ra)" = "$s0s2" ]
+    # 25 new stage-3 students beside the old ones, which are untouched
+    [ "$(ls "$O"/student3-*.ra | wc -l)" -eq 50 ]
+    for f in $old3; do [ -e "$f" ]; done
+    grep -q -- '--tokens 64' "$REP/table1.md"
+    run mk S3_TOKENS=64 -q
+    assert_success
+}
+
+@test "table1.mk: a corrupted student2 is detected, named and rebuilt" {
+    f=$(ls "$O"/student2-*.ra | head -1)
+    cp "$f" "$BATS_FILE_TMPDIR/good.ra"
+    parts=$(ls -l --time-style=+%s.%N "$O"/s2-*/part-*.ra)
+    size=$(stat -c %s "$f")
+    printf '\x5a\xa5\x5a' | dd of="$f" bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+    run ra-show -q --verify "$f"
+    assert_failure 65
+    run mk
+    assert_success
+    assert_output --partial "table1.mk: $f failed verification"
+    assert_output --partial "bad digest"
+    assert_output --partial "$f removed (it will be rebuilt)"
+    # rebuilt from the kept stage-2 parts: the same bytes (CPU training is deterministic)
+    assert_output --partial "ra-merge -q -o $f"
+    [ "$(grep -cE '(^|[ ;|])ra-(probe|rank|graft|mohawk3|eval) ' <<<"$output")" -eq 0 ]
+    [ "$(ls -l --time-style=+%s.%N "$O"/s2-*/part-*.ra)" = "$parts" ] # no layer retrained
+    cmp "$f" "$BATS_FILE_TMPDIR/good.ra"
+    run mk -q
+    assert_success
+}
+
+@test "table1.mk: a corrupted stage-2 part is detected; a truncated results stream too" {
+    part=$(ls "$O"/s2-*/part-0.ra | head -1)
+    s2="$O/student2-$(basename "$(dirname "$part")" | sed 's/^s2-//').ra"
+    cp "$part" "$BATS_FILE_TMPDIR/part.ra"
+    truncate -s -7 "$part"
+    rm "$s2"
+    run mk
+    assert_success
+    assert_output --partial "table1.mk: $part failed verification"
+    ra-show -q --verify "$part"
+    cmp "$part" "$BATS_FILE_TMPDIR/part.ra"
+    res=$(mk print-CONFIGS | awk '{ print $NF; exit }')
+    head -c 100 "$res" >"$res.cut" && mv "$res.cut" "$res"
+    run mk
+    assert_success
+    assert_output --partial "table1.mk: $res failed verification"
+    ra-show -q --verify "$res"
+}
+
+@test "table1.mk: TEACHER is required; TOKENS needs EVAL_TOKENS; a bad grid is refused" {
+    run make -f "$ROOT/pipelines/table1.mk"
+    assert_failure
+    assert_output --partial "TEACHER= is required"
+    run mk TOKENS="$BATS_FILE_TMPDIR/none.ra" print-CONFIGS
+    assert_failure
+    assert_output --partial "needs EVAL_TOKENS="
+    run mk KEEP="0 17" print-CONFIGS
+    assert_failure
+    assert_output --partial "'17': the teacher has only 16 heads"
+    run mk LAYOUTS=sideways print-CONFIGS
+    assert_failure
+    assert_output --partial "expected routed or parallel"
+}

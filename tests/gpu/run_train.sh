@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One GPU-machine job for the CUDA training step (kernels/model_train_cuda.h):
+#   1. build the library, ra-mohawk3 and the helpers (CUDA=1);
+#   2. build/tests/test_gpu_train (CUDA step vs the CPU step, training,
+#      resume exactness and the NaN hook through the library);
+#   3. the tool on a small model: --device cuda runs; RA_TEST_NAN_AT_STEP
+#      stops the run keeping the last checkpoint (exit 70); --resume from it
+#      ends with the same bytes as an uninterrupted run; a batch that cannot
+#      fit exits 71 naming the buffer;
+#   4. throughput of ra-mohawk3 --loss ce on teacher-sized random models
+#      (tokens/s from the --log, steps 11..N, i.e. after warm-up; peak memory).
+# Logs under $OUT (default /tmp/ra-gpu); a summary table is printed last.
+#
+#   tests/gpu/run_train.sh            (SKIP_BENCH=1 skips 4)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/ra-gpu}
+mkdir -p "$OUT"
+if [ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ]; then DEPS_PREFIX=$PWD/.deps; fi
+MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
+W=${WORK:-/tmp/ra-train-work}
+rm -rf "$W" && mkdir -p "$W"
+export PATH="$PWD/bin:$PATH"
+H=build/tests
+summary=()
+say() { summary+=("$1"); echo "$1"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1
+t0=$(date +%s)
+make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-graft $H/mk-hf $H/ra-testdata $H/test_gpu_train \
+    >"$OUT/build.log" 2>&1 || { grep -E 'error' "$OUT/build.log" | head -n 40; say "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1; }
+say "build: ok ($(( $(date +%s) - t0 )) s)"
+
+$H/test_gpu_train >"$OUT/test-gpu-train.log" 2>&1
+rc=$?
+grep -E '^not ok|largest|^#   [a-z/_ ]+ +[0-9.e+-]+$' "$OUT/test-gpu-train.log"
+say "test_gpu_train: exit $rc, $(grep -c '^ok' "$OUT/test-gpu-train.log") ok, $(grep -c '^not ok' "$OUT/test-gpu-train.log") not ok"
+
+# random documents of ids below $1: $2 documents of $3..$4 tokens
+docs() {
+    awk -v V="$1" -v n="$2" -v lo="$3" -v hi="$4" -v seed="${5:-1}" 'BEGIN { srand(seed);
+        for (d = 0; d < n; d++) { len = lo + int(rand() * (hi - lo)); s = "";
+            for (i = 0; i < len; i++) s = s (i ? "," : "") int(rand() * V); print s } }'
+}
+
+# ---- the tool on a small model
+$H/mk-hf --layers 2 --hidden 128 --heads 4 --kv-heads 2 --head-dim 32 --inter 256 --vocab 512 --seed 3 "$W/small" >/dev/null
+ra-graft -q --random-init "$W/small" --seed 1 -o "$W/small.ra"
+mapfile -t D < <(docs 512 120 20 300 7)
+$H/ra-testdata tokens -o "$W/tok.ra" "${D[@]}"
+TR=(--loss ce -s "$W/small.ra" -d "$W/tok.ra" --device cuda --seq-len 128 --batch 4 --lr 1e-3 --steps 6 --ckpt-every 2)
+ra-mohawk3 "${TR[@]}" --ckpt-dir "$W/ck_full" --log "$W/full.tsv" -o "$W/full.ra" 2>"$OUT/tool-full.log"
+say "tool run: exit $? ($(grep -c . "$W/full.tsv") log lines; loss $(awk 'NR==2{a=$3} END{print a " -> " $3}' "$W/full.tsv"))"
+RA_TEST_NAN_AT_STEP=5 ra-mohawk3 "${TR[@]}" --ckpt-dir "$W/ck" -o "$W/part.ra" 2>"$OUT/tool-nan.log"
+rc=$?
+say "NaN hook at step 5: exit $rc (want 70), output written: $([ -e "$W/part.ra" ] && echo yes || echo no), checkpoints: $(ls "$W/ck" | tr '\n' ' ')"
+grep -o 'stopped.*' "$OUT/tool-nan.log" | head -n 1
+ra-mohawk3 "${TR[@]}" --ckpt-dir "$W/ck" --resume -o "$W/resumed.ra" 2>"$OUT/tool-resume.log"
+rc=$?
+if cmp -s "$W/full.ra" "$W/resumed.ra"; then same="identical bytes"; else same="DIFFERENT"; fi
+say "resume to step 6: exit $rc, output vs uninterrupted run: $same"
+ra-mohawk3 --loss ce -s "$W/small.ra" -d "$W/tok.ra" --device cuda --seq-len 8192 --batch 4096 --steps 1 -q \
+    -o "$W/oom.ra" 2>"$OUT/tool-oom.log"
+rc=$?
+say "batch 4096 x 8192: exit $rc (want 71): $(head -c 300 "$OUT/tool-oom.log")"
+
+# ---- throughput
+bench() { # name layers hidden heads kv hd inter vocab batch seq steps
+    local name=$1
+    $H/mk-hf --layers "$2" --hidden "$3" --heads "$4" --kv-heads "$5" --head-dim "$6" --inter "$7" --vocab "$8" \
+        --seed 5 "$W/$name" >/dev/null
+    ra-graft -q --random-init "$W/$name" --seed 1 -o "$W/$name.ra"
+    mapfile -t D < <(docs "$8" 80 300 3000 11)
+    $H/ra-testdata tokens -o "$W/$name-tok.ra" "${D[@]}"
+    ra-mohawk3 --loss ce -s "$W/$name.ra" -d "$W/$name-tok.ra" --device cuda --batch "$9" --seq-len "${10}" \
+        --steps "${11}" --lr 1e-3 --log "$W/$name.tsv" -o "$W/$name-out.ra" 2>"$OUT/bench-$name.log"
+    local rc=$? peak
+    peak=$(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-$name.log" | cut -d= -f2)
+    cp "$W/$name.tsv" "$OUT/bench-$name.tsv" 2>/dev/null
+    say "bench $name (L$2 D$3 H$4/$5 hd$6 I$7 V$8, B$9 x T${10}, ${11} steps): exit $rc, $(awk -F'\t' \
+        'NR==12 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 11..%d), loss %s", ($2-t0)/($7-e0), $1, $3}' \
+        "$W/$name.tsv"), peak $(( ${peak:-0} / 1048576 )) MiB"
+}
+if [ -z "${SKIP_BENCH:-}" ]; then
+    bench t256 8 256 8 4 32 688 8192 32 1024 50
+    bench t512 8 512 8 4 64 1376 8192 16 1024 40
+fi
+echo "== summary"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
