@@ -15,7 +15,9 @@
 # Builds nothing: run `make` first (the tools in bin/ and build/tests/mk-scores).
 # Variables: B L HEADS N STEPS WARMUP (the shape; ra runs WARMUP + STEPS
 # steps), DEVICE (cuda; cpu times the CPU tools), TMO (seconds per run, 300),
-# TORCH_SMOKE=0 skips the `train.py --smoke` check run first, OUT (logs, TSVs,
+# TORCH_SMOKE=0 skips the `train.py --smoke` check run first, DENSE=0 skips
+# the stage-3 pair with a teacher-shaped student (every head attention: the
+# same step without SSM heads, a second random init as the student), OUT (logs, TSVs,
 # a copy of the table), WORK (the models and tokens, several GB at the 1B
 # shape; default $TMPDIR/ra-bench-train-work), RA_BIN / MK_SCORES (where the
 # tools / build/tests/mk-scores are).
@@ -34,10 +36,10 @@ SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
     B=${B:-2} L=${L:-256} HEADS=${HEADS:-2} N=${N:-16} STEPS=${STEPS:-6} WARMUP=${WARMUP:-2}
 else
-    B=${B:-4} L=${L:-2048} HEADS=${HEADS:-10} N=${N:-64} STEPS=${STEPS:-15} WARMUP=${WARMUP:-3}
+    B=${B:-4} L=${L:-2048} HEADS=${HEADS:-10} N=${N:-64} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
 fi
 RA_BIN=${RA_BIN:-bin} MK_SCORES=${MK_SCORES:-build/tests/mk-scores}
-DEVICE=${DEVICE:-cuda} TORCH_SMOKE=${TORCH_SMOKE:-1} TMO=${TMO:-300}
+DEVICE=${DEVICE:-cuda} TORCH_SMOKE=${TORCH_SMOKE:-1} TMO=${TMO:-300} DENSE=${DENSE:-1}
 OUT=${OUT:-/tmp/ra-bench-train}
 RESULT=bench/results/train.md
 [ "$SMOKE" = 1 ] && RESULT=$OUT/train.md
@@ -79,44 +81,59 @@ for _ in range(rows): print(" ".join(str(r.randrange(V)) for _ in range(L)))' "$
     { echo "bench: tokens failed"; exit 1; }
 since "$t0"
 
+# the dense case: a second random teacher-shaped model as the student (every head attention)
+if [ "$DENSE" = 1 ]; then
+    "$RA_BIN"/ra-graft -q --random-init "$W/teacher" --seed 2 --dtype bf16 -o "$W/dense.ra" ||
+        { echo "bench: making the dense student failed"; exit 1; }
+fi
+since "$t0"
+
 # --- the runs ------------------------------------------------------------------
 torch_common=(--config "$W/teacher/config.json" --kept "$KEPT" --d-state "$N" --batch "$B" --seq-len "$L"
               --steps "$STEPS" --warmup "$WARMUP" --tokens "$W/rows.txt")
-ra_common=(-m "$W/teacher.ra" -s "$W/student.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L"
-           --steps $((WARMUP + STEPS)) --device "$DEVICE" --dtype bf16)
-torch_cmd() { echo "python3 $PY ${torch_common[*]} --stage $1"; }
-ra3_cmd="$RA_BIN/ra-mohawk3 ${ra_common[*]} --loss kd --log $OUT/ra-s3.tsv -o $W/s3.ra"
-ra2_cmd="$RA_BIN/ra-mohawk2 ${ra_common[*]} --layers 0-$((LAYERS - 1)) --log $OUT/ra-s2.tsv -o $W/s2.ra"
+ra_common=(-m "$W/teacher.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L" --steps $((WARMUP + STEPS))
+           --device "$DEVICE" --dtype bf16)
+: >"$OUT/cases.tsv"
+# case KEY LABEL RA_COMMAND TORCH_ARGS: the two runs of one row pair, and its line in cases.tsv
+case_run() {
+    local key=$1 label=$2 ra=$3 targs=$4 flops
+    flops=$(python3 $PY --print flops "${torch_common[@]}" $targs)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$label" "$flops" "$ra" "python3 $PY ${torch_common[*]} $targs" >>"$OUT/cases.tsv"
+    run "ra-$key" $ra
+    run "torch-$key" python3 $PY "${torch_common[@]}" $targs
+}
 run() { # name command...
     local name=$1 t=$(date +%s) rc; shift
     echo "== $*"
     rm -f "$OUT/$name.tsv"
     timeout "$TMO" "$@" >"$OUT/$name.log" 2>&1; rc=$?
     echo "$rc" >"$OUT/$name.rc"
-    tr '\r' '\n' <"$OUT/$name.log" | grep -E 'RESULT|peak|stage [23]:|rror|exit|step [0-9]+/' | tail -n 6
+    tr '\r' '\n' <"$OUT/$name.log" | grep -E 'RESULT|peak|stage [23]:|rror|exit|step [0-9]+/|cuda' | tail -n 6
     echo "   (exit $rc, $(( $(date +%s) - t )) s)"
 }
 if [ "$TORCH_SMOKE" = 1 ] && [ "$SMOKE" != 1 ]; then
     run torch-smoke python3 $PY --smoke
 fi
-run ra-s3 $ra3_cmd
-run torch-s3 $(torch_cmd 3)
-run ra-s2 $ra2_cmd
-run torch-s2 $(torch_cmd 2)
-F3=$(python3 $PY --print flops "${torch_common[@]}" --stage 3)
-F2=$(python3 $PY --print flops "${torch_common[@]}" --stage 2)
+case_run s3 "3 (kd)" "$RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/student.ra --loss kd --log $OUT/ra-s3.tsv -o $W/out.ra" \
+    "--stage 3"
+case_run s2 "2 (all layers)" \
+    "$RA_BIN/ra-mohawk2 ${ra_common[*]} -s $W/student.ra --layers 0-$((LAYERS - 1)) --log $OUT/ra-s2.tsv -o $W/out.ra" \
+    "--stage 2"
+if [ "$DENSE" = 1 ]; then
+    case_run d3 "3 (kd), teacher-shaped student" \
+        "$RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/dense.ra --loss kd --log $OUT/ra-d3.tsv -o $W/out.ra" "--stage 3 --dense"
+fi
+rm -f "$W/out.ra"
 
 # --- the table -----------------------------------------------------------------
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
-python3 - "$OUT" "$gpu" "$F3" "$F2" "$B" "$L" "$HEADS" "$N" "$STEPS" "$WARMUP" "$DEVICE" "$SMOKE" "$KEPT" \
-    "$ra3_cmd" "$ra2_cmd" "$(torch_cmd 3)" "$(torch_cmd 2)" >"$RESULT" <<'EOF'
+python3 - "$OUT" "$gpu" "$B" "$L" "$HEADS" "$N" "$STEPS" "$WARMUP" "$DEVICE" "$SMOKE" "$KEPT" >"$RESULT" <<'EOF'
 import datetime, os, re, sys
 
-(out, gpu, f3, f2, B, L, heads, N, steps, warmup, device, smoke, kept,
- ra3_cmd, ra2_cmd, pt3_cmd, pt2_cmd) = sys.argv[1:18]
+out, gpu, B, L, heads, N, steps, warmup, device, smoke, kept = sys.argv[1:12]
 B, L, steps, warmup = int(B), int(L), int(steps), int(warmup)
-flops = {3: float(f3), 2: float(f2)}
 PEAK = 790.0
+cases = [l.rstrip("\n").split("\t") for l in open(os.path.join(out, "cases.tsv")) if l.strip()]
 
 def read(name):
     try:
@@ -130,109 +147,111 @@ def rc_of(name):
     except ValueError:
         return None
 
-def ours(stage):
+def ours(key):
     """tokens/s over the TSV rows after the warm-up steps, and the peak line."""
-    name = f"ra-s{stage}"
+    name = f"ra-{key}"
     rc, log = rc_of(name), read(name + ".log")
-    rows = [l.split("\t") for l in read(name + ".tsv").strip().split("\n")[1:] if l]
-    res = {"rc": rc, "log": log}
-    if rc == 69 or "runs on the CPU backend only" in log:
+    res = {"rc": rc}
+    lines = [l for l in log.split("\n") if l.strip() and not l.startswith("peak_device_bytes=")]
+    res["msg"] = lines[-1].strip().replace("|", "/") if lines else ""
+    if rc == 69:
         res["na"] = True
         return res
     try:
+        rows = [l.split("\t") for l in read(name + ".tsv").strip().split("\n")[1:] if l]
         rows = [(int(r[0]), int(r[1]), float(r[2]), float(r[6])) for r in rows]
     except (IndexError, ValueError):
         rows = []
-    if len(rows) > warmup + 1:
+    if len(rows) > warmup + 1 and rc == 0:
         (s0, k0, _, e0), (s1, k1, _, e1) = rows[warmup - 1] if warmup else (0, 0, 0, 0.0), rows[-1]
         res["tps"] = (k1 - k0) / (e1 - e0) if e1 > e0 else None
-        res["steps"] = s1 - s0
         res["loss"] = (rows[0][2], rows[-1][2])
     m = re.findall(r"peak_device_bytes=(\d+)", log)
     res["peak"] = int(m[-1]) if m else None
     return res
 
-def torch_res(stage):
-    name = f"torch-s{stage}"
+def torch_res(key):
+    name = f"torch-{key}"
     m = re.findall(r"^RESULT (.*)$", read(name + ".log"), re.M)
     res = {"rc": rc_of(name)}
     if m:
         d = dict(kv.split("=", 1) for kv in m[-1].split())
         res.update(tps=float(d["tokens_per_s"]), peak=int(d["peak_bytes"]), d=d,
                    loss=(float(d["loss_first"]), float(d["loss_last"])))
+    else:
+        lines = [l for l in read(name + ".log").split("\n") if l.strip()]
+        res["msg"] = lines[-1].strip().replace("|", "/") if lines else ""
     return res
 
 def gb(x):
     return f"{x / 1e9:.1f}" if x else "–"
 
-def mfu(stage, tps):
-    return f"{flops[stage] / (B * L) * tps / 1e12 / PEAK * 100:.1f}%" if tps else "–"
+def mfu(flops, tps):
+    return f"{flops / (B * L) * tps / 1e12 / PEAK * 100:.1f}%" if tps else "–"
 
-R = {(s, t): (ours(s) if t == "ra" else torch_res(s)) for s in (3, 2) for t in ("ra", "torch")}
-dev = "CUDA" if device == "cuda" else device.upper()
-title = "Training step: ra (ra-mohawk3, ra-mohawk2) vs plain PyTorch"
-print(f"# {title}{' (smoke shape)' if smoke == '1' else ''}\n")
-tv = next((r["d"] for r in (R[3, "torch"], R[2, "torch"]) if "d" in r), None)
+R = {c[0]: (ours(c[0]), torch_res(c[0])) for c in cases}
+print(f"# Training step: ra (ra-mohawk3, ra-mohawk2) vs plain PyTorch{' (smoke shape)' if smoke == '1' else ''}\n")
+tv = next((r[1]["d"] for r in R.values() if "d" in r[1]), None)
 print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}"
       + (f"; torch {tv['torch']}, transformers {tv['transformers']}" if tv else "") + ".  "
       + ("Llama-3.2-1B shape (vocab 128256, hidden 2048, 16 layers, 32 heads, 8 KV heads, head dim 64, "
-         "intermediate 8192, tied embeddings), random weights" if smoke != "1" else "the tiny --smoke shape")
+         "intermediate 8192, tied embeddings), random weights" if smoke != "1" else "The tiny --smoke shape")
       + f"; routed student with {heads} kept heads ({kept.replace(',', ', ')} as layer:head), the other heads "
       f"DiscreteMamba2 with N = {N}, static adapter; B = {B}, L = {L} ({B * L} tokens per step), "
       f"{steps} timed steps after {warmup} warm-up steps.  Stage 3: soft-target CE against the teacher's "
       "logits (T = 1), every student parameter trains.  Stage 2: all layers at once, each block on the "
       "teacher's residual, every block parameter trains.  AdamW (0.9/0.95, wd 0.1) with fp32 master weights, "
-      "bf16 compute, on both sides.\n")
+      "bf16 compute, on both sides.  The teacher-shaped rows train a second random Llama of the same shape "
+      "(every head attention, GQA) as the student: the same step without SSM heads.\n")
 print("| tool | stage | tokens/s | MFU (of 790 TFLOP/s) | peak GB | vs PyTorch: tokens/s | vs PyTorch: memory |")
 print("|---|---|---|---|---|---|---|")
-for s in (3, 2):
-    ra, pt = R[s, "ra"], R[s, "torch"]
-    label = {3: "3 (kd)", 2: "2 (all layers)"}[s]
+for key, label, flops, ra_cmd, pt_cmd in cases:
+    flops = float(flops)
+    ra, pt = R[key]
+    tool = ra_cmd.split()[0].rsplit("/", 1)[-1] + f" --device {device}"
     if ra.get("na"):
-        print(f"| ra-mohawk{s} --device {device} | {label} | not available (exit {ra['rc']}: training on "
-              f"{dev} not built yet) | | | | |")
+        print(f"| {tool} | {label} | not available (exit 69: {ra['msg']}) | | | | |")
     elif ra.get("tps"):
         sp = f"{ra['tps'] / pt['tps']:.2f}x" if pt.get("tps") else "–"
         mem = f"{ra['peak'] / pt['peak']:.2f}x" if ra.get("peak") and pt.get("peak") else "–"
-        print(f"| ra-mohawk{s} --device {device} | {label} | {ra['tps']:,.0f} | {mfu(s, ra['tps'])} | "
-              f"{gb(ra.get('peak'))} | {sp} | {mem} |")
+        print(f"| {tool} | {label} | {ra['tps']:,.0f} | {mfu(flops, ra['tps'])} | {gb(ra.get('peak'))} | {sp} | {mem} |")
     else:
-        print(f"| ra-mohawk{s} --device {device} | {label} | failed (exit {ra['rc']}) | | | | |")
+        print(f"| {tool} | {label} | failed (exit {ra['rc']}: {ra['msg']}) | | | | |")
     if pt.get("tps"):
-        print(f"| PyTorch (train.py) | {label} | {pt['tps']:,.0f} | {mfu(s, pt['tps'])} | {gb(pt['peak'])} | "
+        print(f"| PyTorch (train.py) | {label} | {pt['tps']:,.0f} | {mfu(flops, pt['tps'])} | {gb(pt['peak'])} | "
               "1.00x | 1.00x |")
     else:
-        print(f"| PyTorch (train.py) | {label} | failed (exit {pt['rc']}) | | | | |")
-ra3, pt3 = R[3, "ra"], R[3, "torch"]
+        print(f"| PyTorch (train.py) | {label} | failed (exit {pt['rc']}: {pt.get('msg', '')}) | | | | |")
 print("\nTargets (issue 7, DESIGN §8): stage 3 ≥ 2x the PyTorch step's tokens/s at ≤ half its memory; "
       "≥ 50% MFU in stages 2 and 3.  Reference figure: 21.7k tokens/s, 75 GB, 30% MFU for the PyTorch "
       "stage-3 step on one H200.")
-if ra3.get("tps") and pt3.get("tps") and ra3.get("peak"):
-    sp, mem = ra3["tps"] / pt3["tps"], ra3["peak"] / pt3["peak"]
-    print(f"\nStage 3 here: {sp:.2f}x the tokens/s ({'met' if sp >= 2 else 'not met'}), "
-          f"{mem:.2f}x the memory ({'met' if mem <= 0.5 else 'not met'}).")
+if "s3" in R:
+    ra3, pt3 = R["s3"]
+    if ra3.get("tps") and pt3.get("tps") and ra3.get("peak"):
+        sp, mem = ra3["tps"] / pt3["tps"], ra3["peak"] / pt3["peak"]
+        print(f"\nStage 3 here: {sp:.2f}x the tokens/s ({'met' if sp >= 2 else 'not met'}), "
+              f"{mem:.2f}x the memory ({'met' if mem <= 0.5 else 'not met'}).")
 print("\nLosses (first → last step):\n")
-for s in (3, 2):
-    for t in ("ra", "torch"):
-        r = R[s, t]
+for key, label, *_ in cases:
+    for who, r in zip(("ra", "PyTorch"), R[key]):
         if r.get("loss"):
-            print(f"- stage {s}, {'ra' if t == 'ra' else 'PyTorch'}: {r['loss'][0]:.4g} → {r['loss'][1]:.4g}")
-print(f"\nFLOPs per step (bench/torch_ref/train.py count_flops, the same for both tools): stage 3 "
-      f"{flops[3]:.4g}, stage 2 {flops[2]:.4g}.  Matmuls 6·(student matmul parameters)·tokens + "
-      "2·(teacher matmul parameters)·tokens (LM heads in stage 3 only), causal attention 2·L²·hd per head "
-      "and row forward (student heads ×3 for forward + backward), SSD 2·128·(N + hd) + 4·hd·N per token and "
-      "SSM head forward (×3); embeddings, norms, conv and elementwise work not counted.")
+            print(f"- {label}, {who}: {r['loss'][0]:.4g} → {r['loss'][1]:.4g}")
+print("\nFLOPs per step (bench/torch_ref/train.py count_flops, the same for both tools): "
+      + ", ".join(f"{label} {float(f):.4g}" for _, label, f, *_ in cases) + ".  Matmuls 6·(student matmul "
+      "parameters)·tokens + 2·(teacher matmul parameters)·tokens (LM heads in stage 3 only), causal attention "
+      "2·L²·hd per head and row forward (student heads ×3 for forward + backward), SSD 2·128·(N + hd) + 4·hd·N "
+      "per token and SSM head forward (×3); embeddings, norms, conv and elementwise work not counted.")
 print("\nHow it is measured: ra's tokens/s is the rate between the warm-up's last step and the last step in "
       "the tool's --log TSV (tokens and elapsed_s columns; the model load and upload are outside it); its "
-      "peak is the `peak_device_bytes` the tool prints at the end of a CUDA run (device high-water mark, "
-      "the whole process).  PyTorch: steps between torch.cuda.synchronize() calls; peak = "
-      "torch.cuda.max_memory_allocated() over the process (teacher, student, AdamW state, activations, "
-      "logits).  GB = 10⁹ bytes.  Both read the same token rows (one packed stream, documents of exactly L "
-      "tokens).\n")
+      "peak is the `peak_device_bytes` the tool prints at the end of a CUDA run (cudaMemGetInfo high-water "
+      "mark: the whole device, CUDA context included).  PyTorch: steps between torch.cuda.synchronize() "
+      "calls; peak = torch.cuda.max_memory_allocated() over the process (teacher, student, AdamW state, "
+      "activations, logits; the CUDA context and the caching allocator's slack are not in it).  GB = 10⁹ "
+      "bytes.  Both read the same token rows (one packed stream, documents of exactly L tokens).\n")
 print("Commands (bench/train.sh; inputs made by ra-graft --random-init, mk-scores + ra-rank, ra-graft "
       f"--layout routed --d-state {N}, ra-tok --ids --pack):\n")
-for c in (ra3_cmd, pt3_cmd, ra2_cmd, pt2_cmd):
-    print(f"    {c}")
+for key, label, flops, ra_cmd, pt_cmd in cases:
+    print(f"    {ra_cmd}\n    {pt_cmd}")
 EOF
 cp "$RESULT" "$OUT/train.md" 2>/dev/null
 echo "== $RESULT"

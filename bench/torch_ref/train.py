@@ -49,12 +49,15 @@ FLOPs (the same function counts ra's step, bench/train.sh --print flops):
           + B*layers*H*2*L^2*hd  + 3*B*(sum_l k)*2*L^2*hd
           + 3*tokens*(sum_l Hs)*(2*Q*(N + hd) + 4*hd*N)
   stage 2 = the same without the two V*D (LM head) terms.
+  --dense (a teacher-shaped student, the plain Llama): Ds_l = Dt, every head's
+  attention x3, no SSD term.
 Embedding lookups, norms, conv, softmax and elementwise work are not counted.
 MFU = FLOPs per second / 790 TFLOP/s (one H200's measured bf16 GEMM rate).
 
     python3 bench/torch_ref/train.py --smoke                   # tiny shape, seconds
     python3 bench/torch_ref/train.py --config DIR/config.json --kept 0:0,1:7 \\
         --d-state 64 --batch 4 --seq-len 2048 --stage 3 --tokens rows.txt
+    python3 bench/torch_ref/train.py --dense --stage 3          # the same step, teacher-shaped student
     python3 bench/torch_ref/train.py --print config [--smoke]  # a config.json
     python3 bench/torch_ref/train.py --print heads --config C --heads 10
     python3 bench/torch_ref/train.py --print flops --config C --kept ... --stage 3
@@ -105,8 +108,9 @@ def parse_kept(spec, layers):
     return [sorted(set(k)) for k in kept]
 
 
-def count_flops(cfg, kept, N, B, L, stage, chunk=CHUNK):
-    """Model FLOPs of one training step (see the module docstring)."""
+def count_flops(cfg, kept, N, B, L, stage, chunk=CHUNK, dense=False):
+    """Model FLOPs of one training step (see the module docstring); dense: a
+    teacher-shaped student (every head attention, GQA)."""
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     H, Hkv, layers = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"]
     hd = cfg.get("head_dim") or D // H
@@ -118,6 +122,8 @@ def count_flops(cfg, kept, N, B, L, stage, chunk=CHUNK):
         student_blocks += 3 * k * hd * D + H * hd * D + 3 * D * I + (D * (2 * Hs * hd + 2 * Hs * N + Hs) if Hs else 0)
         kept_total += k
         ssm_total += Hs
+    if dense:
+        student_blocks, kept_total, ssm_total = layers * teacher_block, layers * H, 0
     head = V * D if stage == 3 else 0
     attn_fwd = 2.0 * B * L * L * hd  # one head, causal: QK^T and PV, half the square
     ssd_fwd = tokens * (2.0 * chunk * (N + hd) + 4.0 * hd * N)  # one SSM head
@@ -129,7 +135,7 @@ def count_flops(cfg, kept, N, B, L, stage, chunk=CHUNK):
 # --------------------------------------------------------------------- torch
 
 
-def build_models(cfg_dict, kept, N, stage):
+def build_models(cfg_dict, kept, N, stage, dense=False):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -220,7 +226,8 @@ def build_models(cfg_dict, kept, N, stage):
     with torch.device("cuda"):
         student = LlamaForCausalLM(cfg)
         for layer, kh in zip(student.model.layers, kept):
-            layer.self_attn = RoutedMixer(kh)
+            if not dense:
+                layer.self_attn = RoutedMixer(kh)
     if stage == 2:  # --train block: the blocks train, embeddings / final norm / LM head do not
         student.requires_grad_(False)
         student.model.layers.requires_grad_(True)
@@ -256,7 +263,7 @@ def run_stage(a, cfg_dict, kept, stage):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     B, L, V = a.batch, a.seq_len, cfg_dict["vocab_size"]
-    teacher, student = build_models(cfg_dict, kept, a.d_state, stage)
+    teacher, student = build_models(cfg_dict, kept, a.d_state, stage, a.dense)
     params = [p for p in student.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
@@ -318,7 +325,7 @@ def run_stage(a, cfg_dict, kept, stage):
     sec = time.perf_counter() - t0
     losses = [float(x) for x in losses]
     tokens = a.steps * B * L
-    flops = count_flops(cfg_dict, kept, a.d_state, B, L, stage)
+    flops = count_flops(cfg_dict, kept, a.d_state, B, L, stage, dense=a.dense)
     tps = tokens / sec
     tflops = flops * a.steps / sec / 1e12
     peak = torch.cuda.max_memory_allocated()
@@ -327,7 +334,7 @@ def run_stage(a, cfg_dict, kept, stage):
           f"({tflops / PEAK_TFLOPS * 100:.1f}% of {PEAK_TFLOPS:.0f}), peak allocated {peak / 1e9:.2f} GB "
           f"(reserved {torch.cuda.max_memory_reserved() / 1e9:.2f} GB), {n_train} trainable parameters", flush=True)
     ok = all(x == x and abs(x) != float("inf") for x in losses)
-    print(f"RESULT impl=torch stage={stage} batch={B} seq_len={L} steps={a.steps} warmup={a.warmup} "
+    print(f"RESULT impl=torch{'-dense' if a.dense else ''} stage={stage} batch={B} seq_len={L} steps={a.steps} warmup={a.warmup} "
           f"tokens_per_s={tps:.0f} ms_per_step={sec / a.steps * 1e3:.2f} flops_per_step={flops:.6e} "
           f"tflops={tflops:.2f} mfu_pct={tflops / PEAK_TFLOPS * 100:.2f} peak_bytes={peak} "
           f"trainable={n_train} loss_first={losses[0]:.6g} loss_last={losses[-1]:.6g} finite={int(ok)} "
@@ -348,6 +355,8 @@ def main():
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--stage", default="both", choices=["2", "3", "both"])
+    ap.add_argument("--dense", action="store_true",
+                    help="a teacher-shaped student instead (every head attention, GQA): the plain Llama")
     ap.add_argument("--steps", type=int, help="timed steps (10)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (3)")
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -380,7 +389,7 @@ def main():
     stages = [3, 2] if a.stage == "both" else [int(a.stage)]
     if a.what == "flops":
         for s in stages:
-            print(f"{count_flops(cfg, kept, a.d_state, a.batch, a.seq_len, s):.0f}")
+            print(f"{count_flops(cfg, kept, a.d_state, a.batch, a.seq_len, s, dense=a.dense):.0f}")
         return 0
     rc = 0
     for s in stages:

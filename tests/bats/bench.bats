@@ -65,6 +65,7 @@ setup() {
     assert_line --regexp '^\| ra-mohawk3 --device cpu \| 3 \(kd\) \| [0-9,]+ \| [0-9.]+% \| '
     assert_line --regexp '^\| ra-mohawk2 --device cpu \| 2 \(all layers\) \| [0-9,]+ \| '
     assert_line --regexp '^\| PyTorch \(train.py\) \| 3 \(kd\) \| '
+    assert_line --regexp '^\| ra-mohawk3 --device cpu \| 3 \(kd\), teacher-shaped student \| [0-9,]+ \| '
     assert_output --partial "0:0, 1:3 as layer:head"
     # both sides read the same rows: ra's packed stream, back as ids
     [ "$(wc -l <"$T/work/rows.txt")" -eq $(( (1 + 2) * 2 + 4 * 2 )) ]
@@ -87,4 +88,5 @@ setup() {
     run cat "$T/out/train.md"
     assert_line --partial "| ra-mohawk3 --device cuda | 3 (kd) | not available (exit 69"
     assert_line --partial "| ra-mohawk2 --device cuda | 2 (all layers) | not available (exit 69"
+    assert_line --partial "| ra-mohawk3 --device cuda | 3 (kd), teacher-shaped student | not available (exit 69: ra-mohawk3: --device cuda: training runs on the CPU backend only so far) |"
 }
