@@ -17,7 +17,9 @@
 # steps), DEVICE (cuda; cpu times the CPU tools), TMO (seconds per run, 300),
 # TORCH_SMOKE=0 skips the `train.py --smoke` check run first, DENSE=0 skips
 # the stage-3 pair with a teacher-shaped student (every head attention: the
-# same step without SSM heads, a second random init as the student), OUT (logs, TSVs,
+# same step without SSM heads, a second random init as the student),
+# RECOMPUTE=0 skips ra's stage 3 again with RA_TRAIN_RECOMPUTE=1 (cuda only:
+# activations recomputed per layer in the backward), OUT (logs, TSVs,
 # a copy of the table), WORK (the models and tokens, several GB at the 1B
 # shape; default $TMPDIR/ra-bench-train-work), RA_BIN / MK_SCORES (where the
 # tools / build/tests/mk-scores are).
@@ -39,7 +41,7 @@ else
     B=${B:-4} L=${L:-2048} HEADS=${HEADS:-10} N=${N:-64} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
 fi
 RA_BIN=${RA_BIN:-bin} MK_SCORES=${MK_SCORES:-build/tests/mk-scores}
-DEVICE=${DEVICE:-cuda} TORCH_SMOKE=${TORCH_SMOKE:-1} TMO=${TMO:-300} DENSE=${DENSE:-1}
+DEVICE=${DEVICE:-cuda} TORCH_SMOKE=${TORCH_SMOKE:-1} TMO=${TMO:-300} DENSE=${DENSE:-1} RECOMPUTE=${RECOMPUTE:-1}
 OUT=${OUT:-/tmp/ra-bench-train}
 RESULT=bench/results/train.md
 [ "$SMOKE" = 1 ] && RESULT=$OUT/train.md
@@ -94,13 +96,15 @@ torch_common=(--config "$W/teacher/config.json" --kept "$KEPT" --d-state "$N" --
 ra_common=(-m "$W/teacher.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L" --steps $((WARMUP + STEPS))
            --device "$DEVICE" --dtype bf16)
 : >"$OUT/cases.tsv"
-# case KEY LABEL RA_COMMAND TORCH_ARGS: the two runs of one row pair, and its line in cases.tsv
+# case KEY LABEL RA_COMMAND TORCH_ARGS [TORCH_KEY]: the two runs of one row pair (or ra's alone,
+# compared with case TORCH_KEY's PyTorch run), and its line in cases.tsv
 case_run() {
-    local key=$1 label=$2 ra=$3 targs=$4 flops
+    local key=$1 label=$2 ra=$3 targs=$4 tkey=${5:-$1} flops
     flops=$(python3 $PY --print flops "${torch_common[@]}" $targs)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$label" "$flops" "$ra" "python3 $PY ${torch_common[*]} $targs" >>"$OUT/cases.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$label" "$flops" "$ra" "python3 $PY ${torch_common[*]} $targs" \
+        "$tkey" >>"$OUT/cases.tsv"
     run "ra-$key" $ra
-    run "torch-$key" python3 $PY "${torch_common[@]}" $targs
+    [ "$tkey" = "$key" ] && run "torch-$key" python3 $PY "${torch_common[@]}" $targs
 }
 run() { # name command...
     local name=$1 t=$(date +%s) rc; shift
@@ -116,6 +120,12 @@ if [ "$TORCH_SMOKE" = 1 ] && [ "$SMOKE" != 1 ]; then
 fi
 case_run s3 "3 (kd)" "$RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/student.ra --loss kd --log $OUT/ra-s3.tsv -o $W/out.ra" \
     "--stage 3"
+# the same step recomputing each layer's activations in its backward (kernels/model_train_cuda.h)
+if [ "$DEVICE" = cuda ] && [ "$RECOMPUTE" = 1 ]; then
+    case_run s3r "3 (kd), RA_TRAIN_RECOMPUTE=1" \
+        "env RA_TRAIN_RECOMPUTE=1 $RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/student.ra --loss kd --log $OUT/ra-s3r.tsv -o $W/out.ra" \
+        "--stage 3" s3
+fi
 case_run s2 "2 (all layers)" \
     "$RA_BIN/ra-mohawk2 ${ra_common[*]} -s $W/student.ra --layers 0-$((LAYERS - 1)) --log $OUT/ra-s2.tsv -o $W/out.ra" \
     "--stage 2"
@@ -189,7 +199,7 @@ def gb(x):
 def mfu(flops, tps):
     return f"{flops / (B * L) * tps / 1e12 / PEAK * 100:.1f}%" if tps else "–"
 
-R = {c[0]: (ours(c[0]), torch_res(c[0])) for c in cases}
+R = {c[0]: (ours(c[0]), torch_res(c[5])) for c in cases}
 print(f"# Training step: ra (ra-mohawk3, ra-mohawk2) vs plain PyTorch{' (smoke shape)' if smoke == '1' else ''}\n")
 tv = next((r[1]["d"] for r in R.values() if "d" in r[1]), None)
 print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}"
@@ -205,10 +215,10 @@ print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}"
       "(every head attention, GQA) as the student: the same step without SSM heads.\n")
 print("| tool | stage | tokens/s | MFU (of 790 TFLOP/s) | peak GB | vs PyTorch: tokens/s | vs PyTorch: memory |")
 print("|---|---|---|---|---|---|---|")
-for key, label, flops, ra_cmd, pt_cmd in cases:
+for key, label, flops, ra_cmd, pt_cmd, tkey in cases:
     flops = float(flops)
     ra, pt = R[key]
-    tool = ra_cmd.split()[0].rsplit("/", 1)[-1] + f" --device {device}"
+    tool = next(w for w in ra_cmd.split() if "ra-mohawk" in w).rsplit("/", 1)[-1] + f" --device {device}"
     if ra.get("na"):
         print(f"| {tool} | {label} | not available (exit 69: {ra['msg']}) | | | | |")
     elif ra.get("tps"):
@@ -217,7 +227,9 @@ for key, label, flops, ra_cmd, pt_cmd in cases:
         print(f"| {tool} | {label} | {ra['tps']:,.0f} | {mfu(flops, ra['tps'])} | {gb(ra.get('peak'))} | {sp} | {mem} |")
     else:
         print(f"| {tool} | {label} | failed (exit {ra['rc']}: {ra['msg']}) | | | | |")
-    if pt.get("tps"):
+    if tkey != key:  # compared with another case's PyTorch row
+        pass
+    elif pt.get("tps"):
         print(f"| PyTorch (train.py) | {label} | {pt['tps']:,.0f} | {mfu(flops, pt['tps'])} | {gb(pt['peak'])} | "
               "1.00x | 1.00x |")
     else:
@@ -225,19 +237,19 @@ for key, label, flops, ra_cmd, pt_cmd in cases:
 print("\nTargets (issue 7, DESIGN §8): stage 3 ≥ 2x the PyTorch step's tokens/s at ≤ half its memory; "
       "≥ 50% MFU in stages 2 and 3.  Reference figure: 21.7k tokens/s, 75 GB, 30% MFU for the PyTorch "
       "stage-3 step on one H200.")
-if "s3" in R:
-    ra3, pt3 = R["s3"]
-    if ra3.get("tps") and pt3.get("tps") and ra3.get("peak"):
+for key, label, *_, tkey in cases:
+    ra3, pt3 = R[key]
+    if tkey == "s3" and ra3.get("tps") and pt3.get("tps") and ra3.get("peak"):
         sp, mem = ra3["tps"] / pt3["tps"], ra3["peak"] / pt3["peak"]
-        print(f"\nStage 3 here: {sp:.2f}x the tokens/s ({'met' if sp >= 2 else 'not met'}), "
+        print(f"\nStage {label} here: {sp:.2f}x the tokens/s ({'met' if sp >= 2 else 'not met'}), "
               f"{mem:.2f}x the memory ({'met' if mem <= 0.5 else 'not met'}).")
 print("\nLosses (first → last step):\n")
-for key, label, *_ in cases:
-    for who, r in zip(("ra", "PyTorch"), R[key]):
+for key, label, *_, tkey in cases:
+    for who, r in zip(("ra", "PyTorch"), R[key][:1 if tkey != key else 2]):
         if r.get("loss"):
             print(f"- {label}, {who}: {r['loss'][0]:.4g} → {r['loss'][1]:.4g}")
 print("\nFLOPs per step (bench/torch_ref/train.py count_flops, the same for both tools): "
-      + ", ".join(f"{label} {float(f):.4g}" for _, label, f, *_ in cases) + ".  Matmuls 6·(student matmul "
+      + ", ".join(f"{label} {float(f):.4g}" for _, label, f, *r in cases if r[-1] == _) + ".  Matmuls 6·(student matmul "
       "parameters)·tokens + 2·(teacher matmul parameters)·tokens (LM heads in stage 3 only), causal attention "
       "2·L²·hd per head and row forward (student heads ×3 for forward + backward), SSD 2·128·(N + hd) + 4·hd·N "
       "per token and SSM head forward (×3); embeddings, norms, conv and elementwise work not counted.")
@@ -250,8 +262,8 @@ print("\nHow it is measured: ra's tokens/s is the rate between the warm-up's las
       "bytes.  Both read the same token rows (one packed stream, documents of exactly L tokens).\n")
 print("Commands (bench/train.sh; inputs made by ra-graft --random-init, mk-scores + ra-rank, ra-graft "
       f"--layout routed --d-state {N}, ra-tok --ids --pack):\n")
-for key, label, flops, ra_cmd, pt_cmd in cases:
-    print(f"    {ra_cmd}\n    {pt_cmd}")
+for key, label, flops, ra_cmd, pt_cmd, tkey in cases:
+    print(f"    {ra_cmd}" + (f"\n    {pt_cmd}" if tkey == key else ""))
 EOF
 cp "$RESULT" "$OUT/train.md" 2>/dev/null
 echo "== $RESULT"

@@ -31,7 +31,8 @@
 # ra-eval (seed 1000003) are never among them (ra-tok refuses those seeds).
 #
 # Budgets (the same makefile runs tiny on CI and real on a GPU):
-#   DEVICE=cpu|cuda (default cuda when nvidia-smi lists a GPU), GPUS, JOBS
+#   DEVICE=cpu|cuda (default cuda when nvidia-smi lists a GPU), GPUS, JOBS;
+#   S2_DEVICE, S3_DEVICE (default DEVICE: where stages 2 and 3 train)
 #   PROBE_PAIRS, PROBE_SAMPLES               ra-probe
 #   SEQ_LEN, BATCH, S2_TOKENS, S2_LR, S3_TOKENS, S3_LR, S2_EXTRA, S3_EXTRA
 #   EVAL_PAIRS, EVAL_SAMPLES, MEM_LENGTHS, SPEED_FLAGS, EVAL_EXTRA
@@ -42,7 +43,10 @@
 # say) renames that stage's artifacts and everything after them: only those
 # are made, the earlier ones are reused.  Prerequisites between keyed
 # artifacts are order-only (a key already names its inputs; mtimes do not
-# matter).  Before building, every artifact of the grid not verified since
+# matter), and an artifact that exists needs nothing before it: a report can
+# be made from the results streams alone.  The JSON files and the report
+# do follow their results streams' mtimes: a results stream made again is
+# read again.  Before building, every artifact of the grid not verified since
 # it last changed is checked with `ra-show --verify` (its XXH3 digest); one
 # that fails is reported by name and removed, so this make rebuilds it (and
 # only it: its dependants are keyed by its key, not its bytes).  Verified
@@ -53,7 +57,7 @@
 # Targets: all (default: streams and the report), streams (every ra artifact:
 # students, results streams, the teacher's evaluation; needs neither jq nor
 # gnuplot, so a GPU machine can make them and the report can be made
-# elsewhere from the results streams alone: see table1-gpu.sh), scores,
+# elsewhere from the results streams alone: see table1-gpu.sh), data, scores,
 # plans, students, results (the JSON files), report, teacher-eval,
 # print-CONFIGS (name, group, K, layout, N, init, selection, results file),
 # clean-report.
@@ -68,7 +72,11 @@ REPORT ?= results
 GPUS ?= $(or $(filter-out 0,$(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')),1)
 DEVICE ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep -m1 '^GPU'),cuda,cpu)
 JOBS ?= $(GPUS)
+S2_DEVICE ?= $(DEVICE)
+S3_DEVICE ?= $(DEVICE)
 RA ?=
+# a line for the report's settings (e.g. the GPU's name)
+RUN_NOTE ?=
 
 KEEP ?= 0 1 2% 5% 10% all
 LAYOUTS ?= routed parallel
@@ -190,8 +198,8 @@ endif
 # ---------------------------------------------------------------- the grid
 
 PROBE_FLAGS := --pairs $(PROBE_PAIRS) --samples $(PROBE_SAMPLES) --words $(WORDS) --device $(DEVICE) $(TOKENIZER_FLAG) -q $(PROBE_EXTRA)
-S2_FLAGS := --seq-len $(SEQ_LEN) --batch $(BATCH) --tokens $(S2_TOKENS) $(if $(S2_LR),--lr $(S2_LR)) --device $(DEVICE) $(S2_EXTRA)
-S3_FLAGS := --seq-len $(SEQ_LEN) --batch $(BATCH) --tokens $(S3_TOKENS) $(if $(S3_LR),--lr $(S3_LR)) --device $(DEVICE) -q $(S3_EXTRA)
+S2_FLAGS := --seq-len $(SEQ_LEN) --batch $(BATCH) --tokens $(S2_TOKENS) $(if $(S2_LR),--lr $(S2_LR)) --device $(S2_DEVICE) $(S2_EXTRA)
+S3_FLAGS := --seq-len $(SEQ_LEN) --batch $(BATCH) --tokens $(S3_TOKENS) $(if $(S3_LR),--lr $(S3_LR)) --device $(S3_DEVICE) -q $(S3_EXTRA)
 EVAL_COMMON := --pairs $(EVAL_PAIRS) --samples $(EVAL_SAMPLES) --words $(WORDS) --lengths $(MEM_LENGTHS) \
     $(SPEED_FLAGS) --device $(DEVICE) $(TOKENIZER_FLAG) -q $(EVAL_EXTRA)
 EVAL_FLAGS := --teacher $(TEACHER) --task kv,ppl,kd,mem,speed $(EVAL_COMMON)
@@ -254,7 +262,7 @@ TEACHER_JSON := $(OUT)/json/teacher-$(patsubst teacher-eval-%.ra,%,$(notdir $(TE
 # the report is rewritten.
 MANIFEST_TEXT := $(strip \
     param teacher $(TEACHER);param teacher_id $(TEACHER_ID);param shape $(TEACHER_LAYERS) layers x $(TEACHER_HEADS) heads, head_dim $(HEAD_DIM);\
-    param device $(DEVICE);param probe --pairs $(PROBE_PAIRS) --samples $(PROBE_SAMPLES);\
+    param device $(DEVICE);param note $(RUN_NOTE);param probe --pairs $(PROBE_PAIRS) --samples $(PROBE_SAMPLES);\
     param stage2 $(S2_FLAGS);param stage3 $(S3_FLAGS);param eval $(EVAL_COMMON);\
     param data $(if $(DATA_FILES),ra-tok --gen-kv $(DATA_KV_DOCS) (seed $(DATA_SEED)) + $(words $(DATA_TRAIN_TEXT)) text files$(comma) held out $(DATA_HELDOUT_DOCS) (seed $(DATA_HELDOUT_SEED)) + $(words $(DATA_HELDOUT_TEXT)) text files,TOKENS=$(TOKENS) EVAL_TOKENS=$(EVAL_TOKENS));\
     param random_seed $(RANDOM_SEED);param heads_total $(HEADS_TOTAL);param head_dim $(HEAD_DIM);\
@@ -265,19 +273,25 @@ MANIFEST := $(OUT)/manifest-$(call key,$(MANIFEST_TEXT)).txt
 # ------------------------------------------------------------ cache check
 
 S2_PARTS := $(wildcard $(foreach c,$(CONFIGS),$(dir $(S2_$(c)))s2-$(patsubst student2-%.ra,%,$(notdir $(S2_$(c))))/part-*.ra))
-CHECKED := $(shell d='$(OUT)/.verified'; \
+# EXISTING: the artifacts that exist and verify.
+EXISTING := $(shell d='$(OUT)/.verified'; \
     for f in $(DATA_FILES) $(SCORES) $(PLANS) $(STUDENTS) $(S2_PARTS) $(RESULTS) $(TEACHER_RES); do \
         [ -e "$$f" ] || continue; s="$$d/$$(printf '%s' "$$f" | tr / +).ok"; \
-        if [ -e "$$s" ] && ! [ "$$f" -nt "$$s" ]; then continue; fi; \
-        if msg=$$($(RA)ra-show -q --verify "$$f" 2>&1); then mkdir -p "$$d" && touch "$$s"; \
+        if [ -e "$$s" ] && ! [ "$$f" -nt "$$s" ]; then echo "$$f"; continue; fi; \
+        if msg=$$($(RA)ra-show -q --verify "$$f" 2>&1); then mkdir -p "$$d" && touch "$$s" && echo "$$f"; \
         else echo "table1.mk: $$f failed verification: $$msg" >&2; \
              echo "table1.mk: $$f removed (it will be rebuilt)" >&2; rm -f "$$f" "$$s"; fi; \
     done)
+# $(call before,ARTIFACT,PREREQUISITES): what must exist before ARTIFACT is
+# made; nothing once it exists (its key already names its inputs), so a
+# report made from results streams alone never asks for their students.
+before = $(if $(filter $(1),$(EXISTING)),,$(2))
 
 # -------------------------------------------------------------------- rules
 
-.PHONY: all streams scores plans students results report teacher-eval print-CONFIGS clean-report
+.PHONY: all streams data scores plans students results report teacher-eval print-CONFIGS clean-report
 all: streams report
+data: $(TOKENS_FILE) $(EVAL_FILE)
 streams: $(STUDENTS) $(RESULTS) $(TEACHER_RES)
 scores: $(SCORES)
 plans: $(PLANS)
@@ -312,26 +326,26 @@ $(SCORES): | $(OUT)
 define config_rules
 ifeq ($$(filter $(PLAN_$(1)),$$(PLAN_RULES)),)
 PLAN_RULES += $(PLAN_$(1))
-$(PLAN_$(1)): | $(SCORES)
+$(PLAN_$(1)): | $(call before,$(PLAN_$(1)),$(SCORES))
 	+$$(call submake,$(1)) plan
 endif
-$(S0_$(1)): | $(PLAN_$(1))
+$(S0_$(1)): | $(call before,$(S0_$(1)),$(PLAN_$(1)))
 	+$$(call submake,$(1)) student0
-$(S2_$(1)): | $(S0_$(1)) $(TOKENS_FILE)
+$(S2_$(1)): | $(call before,$(S2_$(1)),$(S0_$(1)) $(TOKENS_FILE))
 	+$$(call submake,$(1)) student2
-$(S3_$(1)): | $(S2_$(1))
+$(S3_$(1)): | $(call before,$(S3_$(1)),$(S2_$(1)))
 	+$$(call submake,$(1)) student3
-$(RES_$(1)): | $(S3_$(1)) $(EVAL_FILE)
+$(RES_$(1)): | $(call before,$(RES_$(1)),$(S3_$(1)) $(EVAL_FILE))
 	+$$(call submake,$(1)) results
-$(JSON_$(1)): | $(RES_$(1)) $(OUT)/json
+$(JSON_$(1)): $(RES_$(1)) | $(OUT)/json
 	$$(call to_json,$(RES_$(1)),$(1)) > $$@.tmp && mv $$@.tmp $$@
 endef
 $(foreach c,$(CONFIGS),$(eval $(call config_rules,$(c))))
 
-$(TEACHER_RES): | $(EVAL_FILE) $(OUT)
+$(TEACHER_RES): | $(call before,$(TEACHER_RES),$(EVAL_FILE)) $(OUT)
 	$(RA)ra-eval -m $(TEACHER) -d $(EVAL_FILE) $(TEACHER_EVAL_FLAGS) -o $@ > /dev/null
 
-$(TEACHER_JSON): | $(TEACHER_RES) $(OUT)/json
+$(TEACHER_JSON): $(TEACHER_RES) | $(OUT)/json
 	$(call to_json,$(TEACHER_RES),teacher) > $@.tmp && mv $@.tmp $@
 
 # $(call to_json,RESULTS,NAME): the results stream as one JSON object: name,

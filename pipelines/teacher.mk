@@ -18,7 +18,7 @@
 #             bytes, text (grep -I), each distinct content once (the same GPL
 #             copyright file ships with hundreds of packages), at most
 #             TEXT_MAX_FILES.  text.list marks every HELDOUT_EVERY-th file H
-#             (held out), the others T.  (Rendered man pages are not used:
+#             (held out), the others T; text.sources names each file's source.  (Rendered man pages are not used:
 #             CI's fresh Debian image has no man-db/groff.)
 #   tokenizer OUT/tokenizer/{tokenizer.json,tokenizer_config.json}:
 #             `ra-tok --train-bpe VOCAB` (byte-level BPE, Llama-3
@@ -71,9 +71,9 @@ OUT ?= teacher-out
 VOCAB ?= 8192
 SEQ ?= 1024
 KV_TOK ?= 20000
-KV_TRAIN ?= 300000
+KV_TRAIN ?= 450000
 KV_HELDOUT ?= 2000
-TEXT_REPEAT ?= 5
+TEXT_REPEAT ?= 7
 SEED_TRAIN ?= 11
 SEED_HELDOUT ?= 12
 WORDS ?= /usr/share/dict/words
@@ -129,7 +129,7 @@ gpu-data: $(OUT)/gpu-data/text.tar.gz
 $(OUT)/text.list:
 	mkdir -p $(OUT)/text
 	rm -f $(OUT)/text/*.txt $(OUT)/text/seen
-	i=0; : > $@.tmp; : > $(OUT)/text/seen; \
+	i=0; : > $@.tmp; : > $(OUT)/text/seen; : > $(OUT)/text.sources; \
 	while IFS= read -r f; do \
 	    case "$$f" in *.gz) zcat -- "$$f" > $(OUT)/text/cur 2>/dev/null || continue ;; \
 	                  *) cat -- "$$f" > $(OUT)/text/cur ;; esac; \
@@ -141,6 +141,7 @@ $(OUT)/text.list:
 	    echo "$$h" >> $(OUT)/text/seen; \
 	    i=$$((i + 1)); name=$$(printf '%s/text/%05d.txt' $(OUT) $$i); mv $(OUT)/text/cur "$$name"; \
 	    if [ $$((i % $(HELDOUT_EVERY))) -eq 0 ]; then echo "H $$name"; else echo "T $$name"; fi >> $@.tmp; \
+	    printf '%05d.txt\t%s\n' $$i "$$f" >> $(OUT)/text.sources; \
 	    [ $$i -lt $(TEXT_MAX_FILES) ] || break; \
 	done < <(find -L $(DOC_ROOT) -type f \( -name 'README*' -o -name copyright -o -name 'NEWS*' \
 	                -o -name '*.txt' -o -name '*.md' -o -name '*.rst' \

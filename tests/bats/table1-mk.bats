@@ -5,10 +5,15 @@
 # deterministic, a second make does nothing, a stage-3 change reruns only
 # stage 3 and eval, a corrupted intermediate is detected and rebuilt.
 #
-# TEACHER: until the trained test teacher is committed, a random-init Llama
-# with a fixture tokenizer, made in setup_file.  To use the real one, set
-# TEACHER="$ROOT/tests/fixtures/teacher" in the line below (and drop the
-# random-init lines of setup_file if you like).
+# TEACHER: a random-init Llama (2 layers x 8 heads, head_dim 4) with a
+# fixture tokenizer, made in setup_file: fast enough for the whole default
+# grid on one core.  For the trained teacher set TEACHER= in setup() to
+# "$ROOT/tests/fixtures/teacher": the pipeline assertions read the grid from
+# print-CONFIGS, not from this teacher's shape (on CPU its 8 x 256 shape with
+# vocabulary 8192 takes ~10 s per configuration: give mk() a smaller grid,
+# e.g. KEEP="0 2% all" D_STATES=hd INIT_VARIANTS=svd RANDOM_AT=2%, to stay in
+# the 3-minute budget).  The grid arithmetic itself is tested on both shapes
+# against table1-configs.sh below.
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
@@ -58,8 +63,14 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
     mk print-CONFIGS >"$BATS_FILE_TMPDIR/configs"
     # 2 layers x 8 heads: K in {0, 1, 2, 16}; 2 layouts x 2 state sizes (4, 1), less routed/16/1;
     # attention (N=4) and svd (N=4, 1) at 1 head; random 1 and 2 heads in both layouts
-    [ "$(wc -l <"$BATS_FILE_TMPDIR/configs")" -eq 25 ]
-    [ "$(awk '$2 == "grid"' "$BATS_FILE_TMPDIR/configs" | wc -l)" -eq 15 ]
+    ncfg=$(wc -l <"$BATS_FILE_TMPDIR/configs")
+    ngrid=$(awk '$2 == "grid"' "$BATS_FILE_TMPDIR/configs" | wc -l)
+    hd=$(awk '{ if ($5 > m) m = $5 } END { print m }' "$BATS_FILE_TMPDIR/configs")   # the largest N is hd
+    n8=$(awk '{ if (m == "" || $5 < m) m = $5 } END { print m }' "$BATS_FILE_TMPDIR/configs")
+    all=$(awk '{ if ($3 > m) m = $3 } END { print m }' "$BATS_FILE_TMPDIR/configs")
+    k2=$(awk '$2 == "init" { print $3; exit }' "$BATS_FILE_TMPDIR/configs")
+    [ "$ncfg" -gt 8 ] && [ "$ngrid" -gt 4 ] && [ -n "$k2" ]
+    [ "$(awk '$2 == "random"' "$BATS_FILE_TMPDIR/configs" | wc -l)" -gt 0 ]
     [ "$(awk '$2 == "random"' "$BATS_FILE_TMPDIR/configs" | wc -l)" -eq 4 ]
     # every ra artifact (scores, plans, students, stage-2 parts, results, data) verifies
     n=0
@@ -81,26 +92,27 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
         [ "$(meta "$p" | jq -r .selection.mode)" = "$select" ]
     done <"$BATS_FILE_TMPDIR/configs"
     # one JSON per configuration and the teacher's
-    [ "$(ls "$O"/json/*.json | wc -l)" -eq 26 ]
+    [ "$(ls "$O"/json/*.json | wc -l)" -eq $((ncfg + 1)) ]
     # the report: a retrieval row and an LM row per grid configuration, every section, the plots
     [ -s "$REP/table1.md" ]
-    [ "$(grep -cE '^\| [0-9]+ \([0-9.]+%\) \| (routed|parallel) \| [0-9]+ \|' "$REP/table1.md")" -eq 15 ]
-    grep -q '^| 0 (0.0%) | routed | 4 |' "$REP/table1.md"
-    grep -q '^| 16 (100.0%) | parallel | 1 |' "$REP/table1.md"
+    [ "$(grep -cE '^\| [0-9]+ \([0-9.]+%\) \| (routed|parallel) \| [0-9]+ \|' "$REP/table1.md")" -eq "$ngrid" ]
+    grep -qF "| 0 (0.0%) | routed | $hd |" "$REP/table1.md"
+    grep -qF "| $all (100.0%) | parallel | $n8 |" "$REP/table1.md"
     for s in "## The teacher" "## Retrieval (the grid)" "## Language modelling, memory and speed (the grid)" \
-        "## Initialisation at 1 heads kept" "## Control: ranked heads vs the same number of random heads" \
+        "## Initialisation at $k2 heads kept" "## Control: ranked heads vs the same number of random heads" \
         "## What reproduces the paper" "## Defaults"; do
         grep -qF "$s" "$REP/table1.md" || { echo "missing: $s"; return 1; }
     done
-    grep -q '^| routed | 4 | attention |' "$REP/table1.md"
-    grep -q '^| parallel | 1 | svd |' "$REP/table1.md"
-    # the random-init teacher does not retrieve: the report must say so, not claim anything
-    grep -q 'No verdict: the teacher does not retrieve' "$REP/table1.md"
-    for p in coverage memory kv-routed-n4 kv-routed-n1 kv-parallel-n4 kv-parallel-n1; do
+    grep -qF "| routed | $hd | attention |" "$REP/table1.md"
+    grep -qF "| parallel | $n8 | svd |" "$REP/table1.md"
+    # a random-init teacher does not retrieve, and 4 prompts per pair count decide nothing:
+    # the report must say so, not claim anything
+    grep -q 'No verdict: ' "$REP/table1.md"
+    for p in coverage memory kv-routed-n$hd kv-routed-n$n8 kv-parallel-n$hd kv-parallel-n$n8; do
         [ "$(head -c 4 "$REP/table1/$p.png" | tail -c 3)" = PNG ] || { echo "not a PNG: $p"; return 1; }
     done
     # the memory column is the model's own arithmetic: 0 heads = SSM state only, the same at every length
-    row=$(grep '^| 0 | routed | 4 |' "$REP/table1.md")
+    row=$(grep -F "| 0 | routed | $hd |" "$REP/table1.md")
     [ "$(cut -d'|' -f7 <<<"$row")" = "$(cut -d'|' -f9 <<<"$row")" ]
 }
 
@@ -127,14 +139,15 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
 @test "table1.mk: changing stage 3's budget reruns stage 3 and eval only" {
     s0s2=$(ls -l --time-style=+%s.%N "$O"/student0-*.ra "$O"/student2-*.ra "$O"/scores-*.ra "$O"/plan-*.ra)
     old3=$(ls "$O"/student3-*.ra)
+    ncfg=$(mk print-CONFIGS | wc -l)
     run mk S3_TOKENS=64
     assert_success
-    [ "$(grep -c '^ra-mohawk3 ' <<<"$output")" -eq 25 ]
-    [ "$(grep -c '^ra-eval ' <<<"$output")" -eq 25 ]
+    [ "$(grep -c '^ra-mohawk3 ' <<<"$output")" -eq "$ncfg" ]
+    [ "$(grep -c '^ra-eval ' <<<"$output")" -eq "$ncfg" ]
     [ "$(grep -v '^printf ' <<<"$output" | grep -cE '(^|[ ;|])ra-(probe|rank|graft|mohawk2|merge|tok) ')" -eq 0 ]
     [ "$(ls -l --time-style=+%s.%N "$O"/student0-*.ra "$O"/student2-*.ra "$O"/scores-*.ra "$O"/plan-*.ra)" = "$s0s2" ]
-    # 25 new stage-3 students beside the old ones, which are untouched
-    [ "$(ls "$O"/student3-*.ra | wc -l)" -eq 50 ]
+    # new stage-3 students beside the old ones, which are untouched
+    [ "$(ls "$O"/student3-*.ra | wc -l)" -eq $((2 * ncfg)) ]
     for f in $old3; do [ -e "$f" ]; done
     grep -q -- '--tokens 64' "$REP/table1.md"
     run mk S3_TOKENS=64 -q
@@ -195,4 +208,56 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
     run mk LAYOUTS=sideways print-CONFIGS
     assert_failure
     assert_output --partial "expected routed or parallel"
+}
+
+@test "table1.mk: the report from the results streams alone (as table1-gpu.sh report makes it)" {
+    # what a GPU run brings back: results, the teacher's evaluation, scores, plans; no students
+    mkdir -p "$BATS_FILE_TMPDIR/back"
+    cp "$O"/results-*.ra "$O"/teacher-eval-*.ra "$O"/scores-*.ra "$O"/plan-*.ra "$BATS_FILE_TMPDIR/back/"
+    OUT_DIR="$BATS_FILE_TMPDIR/back" REP="$BATS_FILE_TMPDIR/rep2" run mk report
+    assert_success
+    [ "$(grep -v '^printf ' <<<"$output" | grep -cE '(^|[ ;|])ra-(probe|rank|graft|mohawk2|mohawk3|merge|eval|tok) ')" -eq 0 ]
+    [ -z "$(ls "$BATS_FILE_TMPDIR"/back/student* 2>/dev/null)" ]
+    # the same tables as the report made beside the students (the manifest line names another file)
+    diff <(grep -v manifest "$REP/table1.md") <(grep -v manifest "$BATS_FILE_TMPDIR/rep2/table1.md")
+    # and a results stream missing there is made, not silently skipped: it needs its student
+    rm "$BATS_FILE_TMPDIR"/back/results-*.ra
+    OUT_DIR="$BATS_FILE_TMPDIR/back" REP="$BATS_FILE_TMPDIR/rep2" run mk -n report
+    assert_output --partial "student3"
+}
+
+@test "table1-configs.sh: the grid of a 2x8-head teacher and of an 8x8-head one, by hand" {
+    g() { KEEP="0 1 2% 5% 10% all" LAYOUTS="routed parallel" D_STATES="hd hd/8" INIT_VARIANTS="attention svd" \
+          INIT_AT=2% RANDOM_AT="2% 5% 10%" RANDOM_LAYOUTS="routed parallel" "$ROOT/pipelines/table1-configs.sh" "$@"; }
+    # 16 heads, hd 4: K = 0, 1, round(0.32)->1, round(0.8)->1, round(1.6)->2, 16; N = 4, 4/8->1
+    run g 16 4
+    assert_success
+    [ "${#lines[@]}" -eq 25 ]
+    # grid: 4 K x 2 layouts x 2 N, less routed/16/1 (the teacher again) = 15
+    [ "$(printf '%s\n' "${lines[@]}" | awk '$2 == "grid"' | wc -l)" -eq 15 ]
+    refute_line --partial "k16-routed-n1"
+    assert_line "k16-routed-n4-mohawk grid 16 routed 4 mohawk top"
+    # inits at 1 head: attention only at N = hd; svd at both N
+    assert_line "k1-routed-n4-attention init 1 routed 4 attention top"
+    refute_line --partial "k1-routed-n1-attention"
+    assert_line "k1-parallel-n1-svd init 1 parallel 1 svd top"
+    # random controls at 1 and 2 heads (2% and 5% both round to 1), first N
+    assert_line "r1-routed-n4-mohawk random 1 routed 4 mohawk random"
+    assert_line "r2-parallel-n4-mohawk random 2 parallel 4 mohawk random"
+    [ "$(printf '%s\n' "${lines[@]}" | awk '$2 == "random"' | wc -l)" -eq 4 ]
+    # 64 heads, hd 32: K = 0, 1, 1, round(3.2)->3, round(6.4)->6, 64; N = 32, 4
+    run g 64 32
+    assert_success
+    [ "${#lines[@]}" -eq 31 ]
+    [ "$(printf '%s\n' "${lines[@]}" | awk '$2 == "grid"' | wc -l)" -eq 19 ]
+    assert_line "k6-parallel-n4-mohawk grid 6 parallel 4 mohawk top"
+    assert_line "r3-routed-n32-mohawk random 3 routed 32 mohawk random"
+    # a control whose ranked twin is not in the grid gets one
+    run env KEEP="0 all" LAYOUTS=routed D_STATES=hd INIT_VARIANTS= INIT_AT=2% RANDOM_AT=5% "$ROOT/pipelines/table1-configs.sh" 64 32
+    assert_success
+    assert_line "k3-routed-n32-mohawk ranked 3 routed 32 mohawk top"
+    run env KEEP="0 65" LAYOUTS=routed D_STATES=hd "$ROOT/pipelines/table1-configs.sh" 64 32
+    assert_failure 64
+    run env KEEP=0 LAYOUTS=routed D_STATES=hd/0 "$ROOT/pipelines/table1-configs.sh" 64 32
+    assert_failure 64
 }

@@ -115,3 +115,18 @@ small() { # OUT [TARGET...]
     # the streams were made from the carried tokenizer, not a new one
     cmp "$d/tokenizer/tokenizer.json" "$BATS_TEST_TMPDIR/work/tokenizer/tokenizer.json"
 }
+
+@test "the committed teacher (tests/fixtures/teacher): HF layout, at most 20 MB, the tokenizer's vocabulary, retrieves on the CPU" {
+    F="$ROOT/tests/fixtures/teacher"
+    [ -e "$F/model.safetensors" ] || skip "no committed teacher yet"
+    for f in config.json model.safetensors tokenizer.json tokenizer_config.json train.log eval.md REBUILD.md; do [ -s "$F/$f" ]; done
+    [ "$(cat "$F"/* | wc -c)" -le 20000000 ]
+    ra-show --verify "$F"
+    [ "$(jq -c '[.model_type, .tie_word_embeddings, .num_hidden_layers * .num_attention_heads >= 32]' "$F/config.json")" = '["llama",true,true]' ]
+    [ "$(jq .vocab_size "$F/config.json")" -eq "$(jq '(.model.vocab | length) + (.added_tokens | length)' "$F/tokenizer.json")" ]
+    # KV retrieval at 20 pairs with prompts of another seed than eval.md's (1000003), choice scoring
+    acc=$(ra-eval -q -m "$F" --task kv --pairs 20 --samples 64 --seed 4242 --score choice --words "$W" --device cpu \
+        --format json | jq .kv_choice_20_acc)
+    echo "kv choice acc at 20 pairs: $acc"
+    awk -v a="$acc" 'BEGIN { exit !(a >= 0.9) }'
+}

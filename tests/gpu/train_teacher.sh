@@ -15,7 +15,7 @@
 #   tests/gpu/train_teacher.sh DATA      (from the repository root)
 #
 # Environment: OUT (results, default /tmp/ra-teacher), DEVICE (cuda; cpu
-# rehearses the whole job), TRAIN_SECONDS (270: the training budget),
+# rehearses the whole job), TRAIN_SECONDS (210: the training budget),
 # TRAIN_TOKENS (skips the probe), BUILD (1: make the tools; 0: use bin/ as
 # is), MAKEFLAGS_TEACHER (extra teacher.mk variables, e.g. small sizes for a
 # rehearsal).  Results under $OUT: teacher/ (config.json, model.safetensors,
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/../.."
 DATA=$(cd "${1:?usage: tests/gpu/train_teacher.sh DATA}" && pwd)
 OUT=${OUT:-/tmp/ra-teacher}
 DEVICE=${DEVICE:-cuda}
-TRAIN_SECONDS=${TRAIN_SECONDS:-270}
+TRAIN_SECONDS=${TRAIN_SECONDS:-210}
 BUILD=${BUILD:-1}
 W=${WORK:-/tmp/ra-teacher-work}
 mkdir -p "$OUT/teacher"
