@@ -11,6 +11,7 @@
 #   STEPS=20 bench/train.sh
 #   SMOKE=1 bench/train.sh                  # tiny shape, results to $OUT/train.md only
 #   SMOKE=1 DEVICE=cpu bench/train.sh       # the plumbing on a machine without a GPU
+#   REPORT_ONLY=1 OUT=DIR bench/train.sh     # the table again from a run's logs in DIR
 #
 # Builds nothing: run `make` first (the tools in bin/ and build/tests/mk-scores).
 # Variables: B L HEADS N STEPS WARMUP (the shape; ra runs WARMUP + STEPS
@@ -48,10 +49,11 @@ RESULT=bench/results/train.md
 W=${WORK:-${TMPDIR:-/tmp}/ra-bench-train-work}
 mkdir -p "$OUT" "$W/teacher" bench/results
 export PYTHONUNBUFFERED=1
+PY=bench/torch_ref/train.py
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
 for t in "$RA_BIN"/ra-{graft,rank,tok,show,mohawk2,mohawk3} "$MK_SCORES"; do
     [ -x "$t" ] || { echo "bench: $t missing: build first (make)"; exit 1; }
 done
-PY=bench/torch_ref/train.py
 smoke=(); [ "$SMOKE" = 1 ] && smoke=(--smoke)
 since() { echo "   ($(( $(date +%s) - $1 )) s)"; }
 
@@ -91,6 +93,11 @@ fi
 since "$t0"
 
 # --- the runs ------------------------------------------------------------------
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
+invocation="$(for v in SMOKE B L HEADS N STEPS WARMUP DEVICE DENSE RECOMPUTE TMO; do printf '%s=%s ' $v "${!v}"; done)bench/train.sh"
+python3 -c 'import json, sys; k = sys.argv[1::2]; v = sys.argv[2::2]; print(json.dumps(dict(zip(k, v))))' \
+    gpu "$gpu" B "$B" L "$L" HEADS "$HEADS" N "$N" STEPS "$STEPS" WARMUP "$WARMUP" DEVICE "$DEVICE" SMOKE "$SMOKE" \
+    KEPT "$KEPT" invocation "$invocation" date "$(date -u +%Y-%m-%d)" >"$OUT/params.json"
 torch_common=(--config "$W/teacher/config.json" --kept "$KEPT" --d-state "$N" --batch "$B" --seq-len "$L"
               --steps "$STEPS" --warmup "$WARMUP" --tokens "$W/rows.txt")
 ra_common=(-m "$W/teacher.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L" --steps $((WARMUP + STEPS))
@@ -134,14 +141,16 @@ if [ "$DENSE" = 1 ]; then
         "$RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/dense.ra --loss kd --log $OUT/ra-d3.tsv -o $W/out.ra" "--stage 3 --dense"
 fi
 rm -f "$W/out.ra"
+fi # REPORT_ONLY
 
-# --- the table -----------------------------------------------------------------
-gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
-python3 - "$OUT" "$gpu" "$B" "$L" "$HEADS" "$N" "$STEPS" "$WARMUP" "$DEVICE" "$SMOKE" "$KEPT" >"$RESULT" <<'EOF'
-import datetime, os, re, sys
+# --- the table (from $OUT alone: REPORT_ONLY=1 renders it again from a run's logs) ----
+python3 - "$OUT" >"$RESULT" <<'EOF'
+import json, os, re, sys
 
-out, gpu, B, L, heads, N, steps, warmup, device, smoke, kept = sys.argv[1:12]
-B, L, steps, warmup = int(B), int(L), int(steps), int(warmup)
+out = sys.argv[1]
+P = json.load(open(os.path.join(out, "params.json")))
+gpu, heads, N, device, smoke, kept = P["gpu"], P["HEADS"], P["N"], P["DEVICE"], P["SMOKE"], P["KEPT"]
+B, L, steps, warmup = int(P["B"]), int(P["L"]), int(P["STEPS"]), int(P["WARMUP"])
 PEAK = 790.0
 cases = [l.rstrip("\n").split("\t") for l in open(os.path.join(out, "cases.tsv")) if l.strip()]
 
@@ -202,7 +211,7 @@ def mfu(flops, tps):
 R = {c[0]: (ours(c[0]), torch_res(c[5])) for c in cases}
 print(f"# Training step: ra (ra-mohawk3, ra-mohawk2) vs plain PyTorch{' (smoke shape)' if smoke == '1' else ''}\n")
 tv = next((r[1]["d"] for r in R.values() if "d" in r[1]), None)
-print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}"
+print(f"GPU: {gpu or 'unknown'}; {P['date']}"
       + (f"; torch {tv['torch']}, transformers {tv['transformers']}" if tv else "") + ".  "
       + ("Llama-3.2-1B shape (vocab 128256, hidden 2048, 16 layers, 32 heads, 8 KV heads, head dim 64, "
          "intermediate 8192, tied embeddings), random weights" if smoke != "1" else "The tiny --smoke shape")
@@ -211,8 +220,12 @@ print(f"GPU: {gpu or 'unknown'}; {datetime.date.today()}"
       f"{steps} timed steps after {warmup} warm-up steps.  Stage 3: soft-target CE against the teacher's "
       "logits (T = 1), every student parameter trains.  Stage 2: all layers at once, each block on the "
       "teacher's residual, every block parameter trains.  AdamW (0.9/0.95, wd 0.1) with fp32 master weights, "
-      "bf16 compute, on both sides.  The teacher-shaped rows train a second random Llama of the same shape "
-      "(every head attention, GQA) as the student: the same step without SSM heads.\n")
+      "bf16 compute, on both sides."
+      + ("  The teacher-shaped rows train a second random Llama of the same shape (every head attention, GQA) "
+         "as the student: the same step without SSM heads." if any(c[0] == "d3" for c in cases) else "")
+      + (f"  RA_TRAIN_RECOMPUTE=1: ra recomputes each layer's activations just before its backward "
+         "(one more forward per step) instead of keeping them." if any(c[0] == "s3r" for c in cases) else "")
+      + "\n")
 print("| tool | stage | tokens/s | MFU (of 790 TFLOP/s) | peak GB | vs PyTorch: tokens/s | vs PyTorch: memory |")
 print("|---|---|---|---|---|---|---|")
 for key, label, flops, ra_cmd, pt_cmd, tkey in cases:
@@ -243,7 +256,16 @@ for key, label, *_, tkey in cases:
         sp, mem = ra3["tps"] / pt3["tps"], ra3["peak"] / pt3["peak"]
         print(f"\nStage {label} here: {sp:.2f}x the tokens/s ({'met' if sp >= 2 else 'not met'}), "
               f"{mem:.2f}x the memory ({'met' if mem <= 0.5 else 'not met'}).")
-print("\nLosses (first → last step):\n")
+counts = []
+for key, label, *_, tkey in cases:
+    m = re.search(r"(\d+) parameters", read(f"ra-{key}.log"))
+    t = R[key][1].get("d", {}).get("trainable")
+    if tkey == key and (m or t):
+        counts.append(f"{label}: ra {int(m.group(1)):,}" if m else f"{label}: ra –")
+        counts[-1] += f", PyTorch {int(t):,}" if t else ""
+if counts:
+    print("\nTrainable parameters (the two students have the same shapes): " + "; ".join(counts) + ".")
+print("\nLosses (first → last step; the two sides start from different random weights):\n")
 for key, label, *_, tkey in cases:
     for who, r in zip(("ra", "PyTorch"), R[key][:1 if tkey != key else 2]):
         if r.get("loss"):
@@ -260,8 +282,8 @@ print("\nHow it is measured: ra's tokens/s is the rate between the warm-up's las
       "calls; peak = torch.cuda.max_memory_allocated() over the process (teacher, student, AdamW state, "
       "activations, logits; the CUDA context and the caching allocator's slack are not in it).  GB = 10⁹ "
       "bytes.  Both read the same token rows (one packed stream, documents of exactly L tokens).\n")
-print("Commands (bench/train.sh; inputs made by ra-graft --random-init, mk-scores + ra-rank, ra-graft "
-      f"--layout routed --d-state {N}, ra-tok --ids --pack):\n")
+print(f"Made by `{P['invocation']}`; the commands it ran (inputs made by ra-graft --random-init, mk-scores + "
+      f"ra-rank, ra-graft --layout routed --d-state {N}, ra-tok --ids --pack):\n")
 for key, label, flops, ra_cmd, pt_cmd, tkey in cases:
     print(f"    {ra_cmd}" + (f"\n    {pt_cmd}" if tkey == key else ""))
 EOF

@@ -1,6 +1,7 @@
 /* ra-probe: retrieval importance of every attention head of a teacher
  * (DESIGN §2.2); writes a `scores` stream (formats/scores.md). */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,20 @@ static void top_m(const float *v, int n, int m, uint8_t *mask) {
     free(idx);
 }
 
+/* The content id of a model whose weights stay in the checkpoint: XXH3 over
+ * every weight byte, on a thread of its own while the GPU works. */
+static void *content_id_main(void *m) {
+    ra_model_view_content_id(m);
+    return NULL;
+}
+
+/* Exit on err once the device thread is done with the CUDA runtime. */
+static void die_joined(ra_error *err) {
+    ra_error ignored = {0};
+    probe_device_prepare_wait(NULL, NULL, &ignored);
+    ra_die_error(err);
+}
+
 static void baseline_means(const probe_outcome *b, int n, double *acc, double *lp) {
     *acc = *lp = 0;
     for (int i = 0; i < n; i++) *acc += b[i].correct, *lp += b[i].logprob;
@@ -168,35 +183,57 @@ int main(int argc, char **argv) {
     const char *out = o.out ? o.out : "-";
     if (!strcmp(out, "-") && ra_check_binary_stdout(&err)) ra_die_error(&err);
 
-    /* device: cuda when usable unless told */
-    const ra_forward_backend *be;
-    if (!o.device_given) {
-        o.device = ra_forward_backend_get(RA_DEVICE_CUDA, &be, &err) == 0 ? RA_DEVICE_CUDA : RA_DEVICE_CPU;
-        err = (ra_error){0};
-    }
-    if (ra_forward_backend_get(o.device, &be, &err)) ra_die_error(&err);
-    if (!o.batch) o.batch = o.device == RA_DEVICE_CUDA ? 128 : 16;
-
-    /* where the wall time goes before the probe proper: start (words,
-     * prompts, CUDA context), tokenizer, model, tokenising the prompts */
+    /* The GPU start overlaps the host's: a thread creates the CUDA context
+     * (auto: tries to) and then uploads the model, while this one loads the
+     * tokenizer and tokenises.  On CUDA the weights go from the checkpoint's
+     * memory map to the GPU as stored (no host fp32 copy) and the content
+     * id is hashed on another thread meanwhile. */
+    ra_device want = o.device_given ? o.device : RA_DEVICE_CUDA;
     double t_load = ra_now(), t_begin = t_load - t_start;
     ra_tokenizer *tok = load_tokenizer(&o);
     double t_tok = ra_now() - t_load;
     ra_model *m;
-    if (ra_model_load(o.model, &m, &err)) ra_die_error(&err);
+    if ((probe_device_takes_view(want) ? ra_model_load_view : ra_model_load)(o.model, &m, &err)) ra_die_error(&err);
     double t_model = ra_now() - t_load - t_tok;
     if (m->hybrid) /* heads are scored against the teacher's own layout */
         ra_die(EX_DATAERR, "%s: is a hybrid student (meta.hybrid); ra-probe scores the heads of a teacher", o.model);
     if (m->warning[0] && !ra_progress_quiet) fprintf(stderr, "ra-probe: %s\n", m->warning);
+    /* (the thread starts only now: no exit while it is inside the CUDA
+     * runtime, other than through die_joined) */
+    probe_device_prepare_start(want);
+    probe_device_prepare_model(m);
+    pthread_t id_thread;
+    int id_running = m->view && pthread_create(&id_thread, NULL, content_id_main, m) == 0;
+    if (m->view && !id_running) ra_model_view_content_id(m);
     int L = m->cfg.num_layers, H = m->cfg.num_heads, LH = L * H;
 
     probe_data d;
     if (probe_data_build(&prompts, tok, o.score, m->cfg.vocab_size, &d, &err)) {
         ra_error_prefix(&err, "%s: ", o.tokenizer ? o.tokenizer : o.model);
+        die_joined(&err);
+    }
+    if (o.dump_tokens && probe_data_dump_json(&d, o.dump_tokens, &err)) die_joined(&err);
+    int N = d.n_items;
+
+    /* the device thread's outcome; auto falls back to the CPU */
+    double t_dev = ra_now(), t_init = 0, t_upload = 0;
+    t_load = t_dev - t_load;
+    int prep_rc = probe_device_prepare_wait(&t_init, &t_upload, &err);
+    const ra_forward_backend *be;
+    if (!o.device_given) {
+        ra_error e2 = {0};
+        o.device = !prep_rc && ra_forward_backend_get(RA_DEVICE_CUDA, &be, &e2) == 0 ? RA_DEVICE_CUDA : RA_DEVICE_CPU;
+        err = (ra_error){0};
+    } else if (prep_rc) {
         ra_die_error(&err);
     }
-    if (o.dump_tokens && probe_data_dump_json(&d, o.dump_tokens, &err)) ra_die_error(&err);
-    int N = d.n_items;
+    if (ra_forward_backend_get(o.device, &be, &err)) ra_die_error(&err);
+    if (m->view && !probe_device_takes_view(o.device)) { /* no GPU after all: the fp32 weights */
+        if (id_running) pthread_join(id_thread, NULL), id_running = 0;
+        ra_model_free(m);
+        if (ra_model_load(o.model, &m, &err)) ra_die_error(&err);
+    }
+    if (!o.batch) o.batch = o.device == RA_DEVICE_CUDA ? 128 : 16;
     if (o.method == M_HYBRID && o.confirm < 0) o.confirm = default_confirm(LH);
     if (o.confirm > LH) o.confirm = LH;
 
@@ -209,11 +246,9 @@ int main(int argc, char **argv) {
     probe_outcome *base = xcalloc((size_t)N, sizeof(probe_outcome));
     probe_opts po = {o.batch, NULL};
     ra_progress prog;
-    double t0 = ra_now(), t_attr = 0, t_exact = 0;
-    t_load = t0 - t_load;
-
     if (probe_device_begin(o.device, m, &d, &po, &err)) ra_die_error(&err);
-    double t_up = ra_now() - t0;
+    double t0 = ra_now(), t_attr = 0, t_exact = 0, t_up = t0 - t_dev;
+    t0 -= t_up; /* the phases below are counted from t_dev */
     int need_attr = o.method != M_EXACT || o.compare;
     if (need_attr) {
         s.attribution = xmalloc((size_t)LH * sizeof(float));
@@ -241,8 +276,10 @@ int main(int argc, char **argv) {
         free(measure);
     }
 
-    double acc, lp;
+    double acc, lp, t_id = ra_now();
     baseline_means(base, N, &acc, &lp);
+    if (id_running) pthread_join(id_thread, NULL), id_running = 0;
+    t_id = ra_now() - t_id; /* waiting for the content id: 0 unless the probe was quicker than the hash */
     int n_exact = 0;
     for (int i = 0; i < LH; i++) n_exact += s.exact[i];
 
@@ -280,7 +317,9 @@ int main(int argc, char **argv) {
     if (o.compare) json_object_set_new(params, "compare", json_true());
     json_t *prov = json_pack("{s:s, s:s, s:o, s:{s:s, s:s}}", "tool", "ra-probe", "version", RA_VERSION, "parameters",
                              params, "inputs", "teacher", m->content_id, "tokenizer", ra_tokenizer_id(tok));
+    double t_write = ra_now();
     if (ra_scores_write(out, meta, &s, prov, NULL, &err)) ra_die_error(&err);
+    t_write = ra_now() - t_write;
     if (!ra_progress_quiet)
         fprintf(stderr, "ra-probe: %d prompts, baseline accuracy %.4f (chance %.4f), mean log-prob %.4f; %d of %d heads "
                         "exact; %s on %s, %.1f s\n",
@@ -289,9 +328,15 @@ int main(int argc, char **argv) {
     if (!ra_progress_quiet)
         fprintf(stderr,
                 "ra-probe: timing: start %.2f s, load %.2f s (tokenizer %.2f, model %.2f, prompts %.2f), to device %.2f s, "
-                "attribution %.2f s, exact %.2f s (%d heads), total %.2f s (attribution + exact), wall %.2f s\n",
+                "attribution %.2f s, exact %.2f s (%d heads), total %.2f s (attribution + exact), wall %.2f s; "
+                "device thread: context %.2f s, upload %.2f s; content id wait %.2f s, write %.2f s\n",
                 t_begin, t_load, t_tok, t_model, t_load - t_tok - t_model, t_up, t_attr, t_exact,
-                o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact, ra_now() - t_start);
+                o.method == M_ATTRIBUTION ? 0 : n_exact, t_attr + t_exact, ra_now() - t_start, t_init, t_upload, t_id,
+                t_write);
+    /* On the GPU the process ends here: freeing some 20 GB of device buffers
+     * one by one and unmapping the checkpoint would only delay its exit,
+     * which releases them all at once. */
+    if (o.device == RA_DEVICE_CUDA) return 0;
     probe_device_end();
     json_decref(meta);
     json_decref(prov);

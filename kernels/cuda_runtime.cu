@@ -152,6 +152,30 @@ extern "C" void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n) {
     CUDA_CHECK(cudaStreamSynchronize(ra_cuda_stream));
 }
 
+extern "C" void cuda_upload_bf16_from(uint16_t *dst, size_t n,
+                                      void (*fill)(uint16_t *host, size_t off, size_t count, void *arg), void *arg) {
+    if (!stage_ready()) {
+        uint16_t *tmp = (uint16_t *)xmalloc((n < CONVERT_CHUNK ? n : CONVERT_CHUNK) * sizeof(uint16_t) + 1);
+        for (size_t off = 0; off < n; off += CONVERT_CHUNK) {
+            size_t m = n - off < CONVERT_CHUNK ? n - off : CONVERT_CHUNK;
+            fill(tmp, off, m, arg);
+            cuda_upload(dst + off, tmp, m * sizeof(uint16_t));
+        }
+        free(tmp);
+        return;
+    }
+    for (size_t off = 0, k = 0; off < n; off += STAGE_ELEMS, k++) {
+        size_t m = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
+        int b = (int)(k & 1);
+        CUDA_CHECK(cudaEventSynchronize(stage_done[b])); /* its previous copy has left the buffer */
+        fill(stage_buf[b], off, m, arg);
+        CUDA_CHECK(cudaMemcpyAsync(dst + off, stage_buf[b], m * sizeof(uint16_t), cudaMemcpyHostToDevice,
+                                   ra_cuda_stream));
+        CUDA_CHECK(cudaEventRecord(stage_done[b], ra_cuda_stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(ra_cuda_stream));
+}
+
 extern "C" void cuda_download_bf16(float *dst, const uint16_t *src, size_t n) {
     uint16_t *tmp = (uint16_t *)xmalloc((n < CONVERT_CHUNK ? n : CONVERT_CHUNK) * sizeof(uint16_t) + 1);
     for (size_t off = 0; off < n; off += CONVERT_CHUNK) {

@@ -83,9 +83,80 @@ static void upload_inv_freq(cuda_model *cm) {
     free(inv);
 }
 
+/* ---- weights left in the checkpoint (ra_model_load_view) ------------------- */
+
+/* Where a view entry's weight goes on the device (NULL: nowhere). */
+static uint16_t *view_dst(cuda_model *cm, const ra_model *m, float **slot) {
+    const hf_config *c = &m->cfg;
+    size_t D = c->hidden_size, I = c->intermediate_size, hd = c->head_dim;
+    size_t qd = (size_t)c->num_heads * hd, kvd = (size_t)c->num_kv_heads * hd;
+    if (slot == &((ra_model *)m)->embed) return cm->embed;
+    if (slot == &((ra_model *)m)->final_norm) return cm->final_norm;
+    if (slot == &((ra_model *)m)->lm_head) return cm->lm_head;
+    for (int l = 0; l < c->num_layers; l++) {
+        ra_layer *L = &m->layers[l];
+        cuda_layer_weights *W = &cm->layers[l];
+        if (slot == &L->input_norm) return W->input_norm;
+        if (slot == &L->post_norm) return W->post_norm;
+        if (slot == &L->wq) return W->wqkv;
+        if (slot == &L->wk) return W->wqkv + qd * D;
+        if (slot == &L->wv) return W->wqkv + (qd + kvd) * D;
+        if (slot == &L->wo) return W->wo;
+        if (slot == &L->w_gate) return W->w_gate_up;
+        if (slot == &L->w_up) return W->w_gate_up + I * D;
+        if (slot == &L->w_down) return W->w_down;
+        if (slot == &L->bq) return W->bqkv;
+        if (slot == &L->bk) return W->bqkv ? W->bqkv + qd : NULL;
+        if (slot == &L->bv) return W->bqkv ? W->bqkv + qd + kvd : NULL;
+        if (slot == &L->bo) return W->bo;
+    }
+    return NULL;
+}
+
+static void view_fill(uint16_t *host, size_t off, size_t count, void *arg) {
+    ra_model_view_to_bf16(host, (const ra_model_view_entry *)arg, off, count);
+}
+
+/* The same device model as from fp32 weights (bf16 sources bit for bit:
+ * bf16 -> fp32 -> bf16 is the identity), with no host fp32 copy. */
+static int upload_view(const ra_model *m, cuda_model **out, ra_error *err) {
+    const ra_model_view *v = m->view;
+    const hf_config *c = &m->cfg;
+    cuda_model *cm = (cuda_model *)xcalloc(1, sizeof *cm);
+    cm->cfg = *c;
+    int any_qkv_bias = 0, any_o_bias = 0;
+    for (int i = 0; i < v->n; i++)
+        for (int l = 0; l < c->num_layers; l++) {
+            const ra_layer *L = &m->layers[l];
+            any_qkv_bias |= v->e[i].slot == &L->bq || v->e[i].slot == &L->bk || v->e[i].slot == &L->bv;
+            any_o_bias |= v->e[i].slot == &L->bo;
+        }
+    dev_alloc_ctx a = {err, 0, 0};
+    model_alloc(cm, any_qkv_bias, any_o_bias, c->tie_word_embeddings, &a);
+    if (a.rc) {
+        cuda_model_free(cm);
+        return ra_error_prefix(err, "uploading %s to the GPU", m->source[0] ? m->source : "the model");
+    }
+    for (int l = 0; l < c->num_layers; l++) { /* a missing part of a bias is zero */
+        cuda_layer_weights *W = &cm->layers[l];
+        if (W->bqkv) cuda_memset(W->bqkv, 0, (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * 2);
+        if (W->bo) cuda_memset(W->bo, 0, (size_t)c->hidden_size * 2);
+        for (int i = 0; i < m->layers[l].n_attn_heads; i++) W->attn_slot[m->layers[l].attn_heads[i]] = 1;
+    }
+    upload_inv_freq(cm);
+    for (int i = 0; i < v->n; i++) {
+        uint16_t *dst = view_dst(cm, m, v->e[i].slot);
+        if (dst) cuda_upload_bf16_from(dst, (size_t)v->e[i].numel, view_fill, (void *)&v->e[i]);
+    }
+    cuda_synchronize();
+    *out = cm;
+    return 0;
+}
+
 extern "C" int cuda_model_upload(const ra_model *m, cuda_model **out, ra_error *err) {
     *out = NULL;
     if (m->hybrid) return cuda_hybrid_model_upload(m, out, err);
+    if (m->view) return upload_view(m, out, err);
     const hf_config *c = &m->cfg;
     cuda_model *cm = (cuda_model *)xcalloc(1, sizeof *cm);
     cm->cfg = *c;

@@ -61,8 +61,9 @@ typedef struct cuda_model {
     struct cuda_hybrid_weights *hybrid; /* a hybrid student's mixers (forward_cuda_internal.h); NULL: teacher */
 } cuda_model;
 
-/* Upload a host model (fp32 weights) as bf16.  EX_TEMPFAIL when the GPU
- * lacks memory. */
+/* Upload a host model (fp32 weights, or the checkpoint's own bytes of a
+ * ra_model_load_view model) as bf16.  EX_TEMPFAIL when the GPU lacks
+ * memory. */
 int cuda_model_upload(const ra_model *m, cuda_model **out, ra_error *err);
 /* A model of this config with deterministic random weights made on the GPU
  * (uniform, std 0.02 like transformers' init; norms 1): for benchmarks. */

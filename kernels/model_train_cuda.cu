@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_train_cuda.h"
 #include "forward_cuda_internal.h"
+#include "hybrid_ops_cuda.h"
 #include "model_train_cuda.h"
 #include "ops_backward_cuda.h"
 #include "ops_cuda.h"
@@ -14,17 +16,12 @@
 /* Logit chunk: at most this many bf16 elements per buffer (256 MiB). */
 #define LOGIT_CHUNK_ELEMS ((size_t)128 << 20)
 
-/* What one layer saves for its backward. */
-typedef struct layer_acts {
-    uint16_t *xn1, *qkv, *att, *h, *hn, *gu, *act;
-    float *rstd1, *rstd2;
-} layer_acts;
-
-/* fp32 gradients of one layer (device; NULL where frozen).  wqkv, bqkv and
- * w_gate_up are owned fused buffers whose slices the optimiser uses. */
-typedef struct layer_grads {
-    float *input_norm, *post_norm, *wqkv, *bqkv, *wo, *bo, *w_gate_up, *w_down;
-} layer_grads;
+/* A master weight the kernels read in fp32 (DM2 conv, D, z_bias): copied
+ * from the optimiser after every change. */
+typedef struct mirror32 {
+    float *dst;
+    int param;
+} mirror32;
 
 struct cuda_model_train {
     ra_model *m;
@@ -33,25 +30,33 @@ struct cuda_model_train {
     cuda_model *cm, *tm;       /* student compute copies, teacher */
     cuda_forward_state *tfs;   /* teacher forward */
     cuda_optim *opt;
-    int B, T, n, R, L, D, V, I, H, Hkv, hd, qd, kvd, qkv;
+    cuda_blocks *blocks;
+    int recompute;
+    /* stage 2: the teacher runs as blocks too (X holds its residuals); the
+     * listed layers; the per-layer losses of the last batch */
+    cuda_blocks *tblocks;
+    int *layers, n_layers;
+    double *layer_losses;
+    int B, T, n, R, L, D, V, hd;
     cuda_alloc_ctx ac;
     ra_error alloc_err;
     /* activations */
     uint16_t **X;              /* [L+1] residuals [n, D] */
-    layer_acts *acts;          /* [L] */
     uint16_t *xfn, *dxfn;      /* final-normed [n, D], its gradient */
     float *rstdf;
     uint16_t *zs, *zt, *thn;   /* logit chunks [R, V], teacher normed chunk [R, D] */
     float *row_loss;           /* [n] */
     float *cos_t, *sin_t;      /* [n, hd/2] */
+    uint8_t *starts;           /* [n] */
     int32_t *d_ints;           /* tokens, doc_start, labels, positions, then the rows grouped by token:
                                   rows [n], ids [n], offsets [n+1] (cuda_embedding_backward_sorted) */
     int n_ids;                 /* distinct tokens of the batch */
-    /* backward workspace */
-    uint16_t *dres, *tmp, *dxn, *dqkv, *datt, *dact, *dgu;
+    uint16_t *dres;            /* the residual gradient [n, D] */
     /* gradients */
-    layer_grads *lg;
+    cuda_block_grads *lg;      /* [L] */
     float *g_embed, *g_final_norm, *g_lm_head;
+    mirror32 *mirrors;
+    int n_mirrors;
     /* host scratch */
     int32_t *h_ints, *h_labels, *h_count; /* h_count [V+1] */
     float *h_rows;
@@ -66,16 +71,12 @@ static void sample_peak(cuda_model_train *t) {
 
 extern "C" size_t cuda_model_train_peak_bytes(const cuda_model_train *t) { return t->peak; }
 extern "C" int cuda_model_train_logit_rows(const cuda_model_train *t) { return t->R; }
+extern "C" int cuda_model_train_recomputes(const cuda_model_train *t) { return t->recompute; }
 
 /* ---- shapes ------------------------------------------------------------------------------ */
 
 static int check_supported(const ra_model *m, const char *role, ra_error *err) {
     const hf_config *c = &m->cfg;
-    if (m->hybrid)
-        return ra_fail(err, EX_UNAVAILABLE,
-                       "--device cuda: %s %s is a hybrid student; the CUDA training step supports teacher-shaped "
-                       "models (all heads attention) so far; use --device cpu",
-                       role, m->source);
     if (c->head_dim != 32 && c->head_dim != 64 && c->head_dim != 128)
         return ra_fail(err, EX_UNAVAILABLE,
                        "--device cuda: %s %s has head_dim %d; the CUDA training step supports 32, 64 or 128; use "
@@ -84,6 +85,9 @@ static int check_supported(const ra_model *m, const char *role, ra_error *err) {
     if (c->num_heads % c->num_kv_heads)
         return ra_fail(err, EX_DATAERR, "%s: %d heads are not a multiple of %d KV heads", m->source, c->num_heads,
                        c->num_kv_heads);
+    if (m->hybrid && c->num_heads > 256)
+        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: %s has %d heads; the CUDA adapters take at most 256",
+                       m->source, c->num_heads);
     return 0;
 }
 
@@ -91,30 +95,24 @@ static int check_supported(const ra_model *m, const char *role, ra_error *err) {
 
 static void *dalloc(cuda_model_train *t, size_t bytes, const char *what) { return cuda_alloc_in(&t->ac, bytes, what); }
 
+static int oom_code(int rc, ra_error *err, int B, int T) {
+    if (rc != EX_TEMPFAIL) return rc;
+    err->code = EX_OSERR;
+    ra_error_prefix(err, "--device cuda: training batch %d × %d tokens: ", B, T);
+    return EX_OSERR;
+}
+
 static int alloc_failed(cuda_model_train *t, ra_error *err) {
     if (!t->ac.rc) return 0;
     *err = t->alloc_err;
-    if (err->code == EX_TEMPFAIL) err->code = EX_OSERR;
-    return ra_error_prefix(err, "--device cuda: training batch %d × %d tokens: ", t->B, t->T);
+    if (err->code == EX_TEMPFAIL) return oom_code(EX_TEMPFAIL, err, t->B, t->T);
+    return err->code;
 }
 
 static void alloc_acts(cuda_model_train *t) {
-    size_t n = (size_t)t->n, D = t->D, I = t->I, half = (size_t)t->hd / 2;
+    size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
     t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
-    t->acts = (layer_acts *)xcalloc((size_t)t->L, sizeof *t->acts);
     for (int l = 0; l <= t->L; l++) t->X[l] = (uint16_t *)dalloc(t, n * D * 2, "the residual stream (per layer)");
-    for (int l = 0; l < t->L; l++) {
-        layer_acts *a = &t->acts[l];
-        a->xn1 = (uint16_t *)dalloc(t, n * D * 2, "saved normed inputs");
-        a->rstd1 = (float *)dalloc(t, n * 4, "saved RMSNorm statistics");
-        a->qkv = (uint16_t *)dalloc(t, n * t->qkv * 2, "saved q/k/v");
-        a->att = (uint16_t *)dalloc(t, n * t->qd * 2, "saved attention outputs");
-        a->h = (uint16_t *)dalloc(t, n * D * 2, "saved mid-layer residuals");
-        a->hn = (uint16_t *)dalloc(t, n * D * 2, "saved normed mid-layer residuals");
-        a->rstd2 = (float *)dalloc(t, n * 4, "saved RMSNorm statistics");
-        a->gu = (uint16_t *)dalloc(t, n * 2 * I * 2, "saved gate/up activations");
-        a->act = (uint16_t *)dalloc(t, n * I * 2, "saved SwiGLU outputs");
-    }
     t->xfn = (uint16_t *)dalloc(t, n * D * 2, "the final-normed hidden states");
     t->dxfn = (uint16_t *)dalloc(t, n * D * 2, "their gradient");
     t->rstdf = (float *)dalloc(t, n * 4, "final RMSNorm statistics");
@@ -126,14 +124,9 @@ static void alloc_acts(cuda_model_train *t) {
     t->row_loss = (float *)dalloc(t, n * 4, "per-row losses");
     t->cos_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
     t->sin_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
+    t->starts = (uint8_t *)dalloc(t, n, "document starts");
     t->d_ints = (int32_t *)dalloc(t, (7 * n + 1) * 4, "token ids, document starts, labels, positions");
     t->dres = (uint16_t *)dalloc(t, n * D * 2, "the residual gradient");
-    t->tmp = (uint16_t *)dalloc(t, n * D * 2, "backward workspace");
-    t->dxn = (uint16_t *)dalloc(t, n * D * 2, "backward workspace");
-    t->dqkv = (uint16_t *)dalloc(t, n * t->qkv * 2, "the q/k/v gradient");
-    t->datt = (uint16_t *)dalloc(t, n * t->qd * 2, "the attention-output gradient");
-    t->dact = (uint16_t *)dalloc(t, n * I * 2, "the SwiGLU gradient");
-    t->dgu = (uint16_t *)dalloc(t, n * 2 * I * 2, "the gate/up gradient");
 }
 
 extern "C" void cuda_model_train_free(cuda_model_train *t) {
@@ -141,24 +134,32 @@ extern "C" void cuda_model_train_free(cuda_model_train *t) {
     cuda_synchronize();
     if (t->X)
         for (int l = 0; l <= t->L; l++) cuda_free(t->X[l]);
-    if (t->acts)
-        for (int l = 0; l < t->L; l++) {
-            layer_acts *a = &t->acts[l];
-            void *p[] = {a->xn1, a->rstd1, a->qkv, a->att, a->h, a->hn, a->rstd2, a->gu, a->act};
-            for (size_t i = 0; i < sizeof p / sizeof *p; i++) cuda_free(p[i]);
-        }
     if (t->lg)
-        for (int l = 0; l < t->L; l++) cuda_free(t->lg[l].wqkv), cuda_free(t->lg[l].bqkv), cuda_free(t->lg[l].w_gate_up);
-    void *p[] = {t->xfn, t->dxfn, t->rstdf, t->zs, t->zt, t->thn, t->row_loss, t->cos_t, t->sin_t, t->d_ints,
-                 t->dres, t->tmp, t->dxn, t->dqkv, t->datt, t->dact, t->dgu};
+        for (int l = 0; l < t->L; l++) cuda_block_grads_free_fused(&t->lg[l]);
+    void *p[] = {t->xfn, t->dxfn, t->rstdf, t->zs, t->zt, t->thn, t->row_loss, t->cos_t, t->sin_t, t->starts, t->d_ints,
+                 t->dres};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) cuda_free(p[i]);
+    cuda_blocks_free(t->blocks);
+    cuda_blocks_free(t->tblocks);
+    free(t->layers), free(t->layer_losses);
     cuda_optim_free(t->opt);
     cuda_forward_state_free(t->tfs);
     cuda_model_free(t->tm);
     cuda_model_free(t->cm);
-    free(t->X), free(t->acts), free(t->lg);
+    free(t->X), free(t->lg), free(t->mirrors);
     free(t->h_ints), free(t->h_labels), free(t->h_rows), free(t->h_count);
     free(t);
+}
+
+/* RA_TRAIN_RECOMPUTE=0|1 forces the choice; otherwise recompute when the
+ * saved activations of every layer would take more than an eighth of the
+ * GPU's memory. */
+static int choose_recompute(const cuda_model *cm, int B, int T) {
+    const char *e = getenv("RA_TRAIN_RECOMPUTE");
+    if (e && (!strcmp(e, "0") || !strcmp(e, "1"))) return e[0] == '1';
+    size_t fr = 0, tot = 0;
+    cuda_mem_info(&fr, &tot);
+    return cuda_blocks_layer_bytes(cm, B, T) * (size_t)cm->cfg.num_layers > tot / 8;
 }
 
 extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, const ra_model *teacher, ra_optim *optim,
@@ -172,14 +173,13 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
     }
     if ((rc = check_supported(m, "student", err))) return rc;
     if (teacher && (rc = ra_stage3_check_pair(teacher, m, err))) return rc;
+    if (teacher && teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
     if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
         return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
     const hf_config *c = &m->cfg;
     cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
     t->m = m, t->teacher = teacher, t->host = optim, t->B = B, t->T = T, t->n = B * T;
-    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->I = c->intermediate_size;
-    t->H = c->num_heads, t->Hkv = c->num_kv_heads, t->hd = c->head_dim;
-    t->qd = t->H * t->hd, t->kvd = t->Hkv * t->hd, t->qkv = t->qd + 2 * t->kvd;
+    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
     size_t R = LOGIT_CHUNK_ELEMS / (size_t)t->V;
     t->R = (int)(R < 1 ? 1 : R > (size_t)t->n ? (size_t)t->n : R);
     t->ac.err = &t->alloc_err;
@@ -190,9 +190,12 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
     }
     alloc_acts(t);
     if ((rc = alloc_failed(t, err))) goto fail;
+    t->recompute = choose_recompute(t->cm, B, T);
+    if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, t->recompute, err))) goto fail;
     {
-        int width = t->qkv > t->D ? t->qkv : t->D;
-        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, t->Hkv, t->hd, 0, err))) goto fail;
+        int width, kv, ad;
+        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
+        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err))) goto fail;
     }
     t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
     t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
@@ -203,125 +206,148 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
     *out = t;
     return 0;
 fail:
-    if (rc == EX_TEMPFAIL) {
-        err->code = EX_OSERR;
-        ra_error_prefix(err, "--device cuda: training batch %d × %d tokens: ", B, T);
-    }
+    rc = oom_code(rc, err, B, T);
     cuda_model_train_free(t);
-    return rc == EX_TEMPFAIL ? EX_OSERR : rc;
+    return rc;
 }
 
 /* ---- parameters ------------------------------------------------------------------------------ */
 
-/* Where parameter `slot` of the host model lives on the device: its bf16
- * compute copy, the gradient slice it uses (fused, or NULL: the
- * optimiser's own), and where to record that gradient. */
-typedef struct param_place {
-    uint16_t *compute;
-    float *fused_grad;   /* slice of an owned fused buffer, or NULL */
-    float **grad_field;  /* where the backward finds the gradient */
-} param_place;
+/* Where a host parameter lives on the device. */
+typedef struct place {
+    uint16_t *compute;   /* bf16 compute copy, or NULL */
+    float *mirror;       /* fp32 copy the kernels read, or NULL */
+    float **field;       /* where the backward finds its gradient (the optimiser's own), or NULL */
+    int layer;           /* its layer, −1 outside the layers */
+    int fused;           /* F_* when its gradient is a slice of a fused buffer, else −1 */
+    size_t off;          /* offset in that buffer */
+} place;
 
-enum { F_WQKV, F_BQKV, F_GU, F_N };
+enum { F_WQKV, F_BQKV, F_GU, F_SSM };
 
-/* For slot of layer l: which fused buffer (F_*, or -1) and its offset. */
-static int layer_slot(cuda_model_train *t, int l, float **slot, int *fused, size_t *off, uint16_t **compute,
-                      float ***field) {
+static int layer_place(cuda_model_train *t, int l, float **slot, place *p) {
     ra_layer *L = &t->m->layers[l];
     cuda_layer_weights *W = &t->cm->layers[l];
-    layer_grads *g = &t->lg[l];
-    size_t D = t->D, qd = t->qd, kvd = t->kvd, I = t->I;
-    *fused = -1, *off = 0, *field = NULL;
-    if (slot == &L->input_norm) *compute = W->input_norm, *field = &g->input_norm;
-    else if (slot == &L->post_norm) *compute = W->post_norm, *field = &g->post_norm;
-    else if (slot == &L->wq) *fused = F_WQKV, *off = 0;
-    else if (slot == &L->wk) *fused = F_WQKV, *off = qd * D;
-    else if (slot == &L->wv) *fused = F_WQKV, *off = (qd + kvd) * D;
-    else if (slot == &L->bq) *fused = F_BQKV, *off = 0;
-    else if (slot == &L->bk) *fused = F_BQKV, *off = qd;
-    else if (slot == &L->bv) *fused = F_BQKV, *off = qd + kvd;
-    else if (slot == &L->wo) *compute = W->wo, *field = &g->wo;
-    else if (slot == &L->bo) *compute = W->bo, *field = &g->bo;
-    else if (slot == &L->w_gate) *fused = F_GU, *off = 0;
-    else if (slot == &L->w_up) *fused = F_GU, *off = I * D;
-    else if (slot == &L->w_down) *compute = W->w_down, *field = &g->w_down;
+    cuda_hybrid_layer *Y = t->cm->hybrid ? &t->cm->hybrid->layers[l] : NULL;
+    cuda_block_grads *g = &t->lg[l];
+    const hf_config *c = &t->m->cfg;
+    size_t D = t->D, hd = t->hd, I = c->intermediate_size;
+    int nq = Y ? Y->k : c->num_heads, nkv = Y ? Y->k : c->num_kv_heads;
+    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
+    p->layer = l, p->fused = -1, p->off = 0;
+    if (slot == &L->input_norm) p->compute = W->input_norm, p->field = &g->input_norm;
+    else if (slot == &L->post_norm) p->compute = W->post_norm, p->field = &g->post_norm;
+    else if (slot == &L->wq) p->fused = F_WQKV, p->off = 0;
+    else if (slot == &L->wk) p->fused = F_WQKV, p->off = qd * D;
+    else if (slot == &L->wv) p->fused = F_WQKV, p->off = (qd + kvd) * D;
+    else if (slot == &L->bq) p->fused = F_BQKV, p->off = 0;
+    else if (slot == &L->bk) p->fused = F_BQKV, p->off = qd;
+    else if (slot == &L->bv) p->fused = F_BQKV, p->off = qd + kvd;
+    else if (slot == &L->wo) p->compute = W->wo, p->field = &g->wo;
+    else if (slot == &L->bo) p->compute = W->bo, p->field = &g->bo;
+    else if (slot == &L->w_gate) p->fused = F_GU, p->off = 0;
+    else if (slot == &L->w_up) p->fused = F_GU, p->off = I * D;
+    else if (slot == &L->w_down) p->compute = W->w_down, p->field = &g->w_down;
+    else if (Y && slot == &L->adapter_w) p->compute = Y->adapter_w, p->field = &g->adapter_w;
+    else if (Y && slot == &L->adapter_b) p->compute = Y->adapter_b, p->field = &g->adapter_b;
+    else if (Y && Y->Hs && slot == &L->ssm.in_proj_w) p->compute = Y->ssm.in_proj_w, p->fused = F_SSM, p->off = 0;
+    else if (Y && Y->Hs && slot == &L->ssm.conv_w) p->mirror = Y->ssm.conv_w, p->fused = F_SSM, p->off = 1;
+    else if (Y && Y->Hs && slot == &L->ssm.conv_b) p->mirror = Y->ssm.conv_b, p->fused = F_SSM, p->off = 2;
+    else if (Y && Y->Hs && slot == &L->ssm.D) p->mirror = Y->ssm.D, p->fused = F_SSM, p->off = 3;
+    else if (Y && Y->Hs && slot == &L->ssm.z_bias) p->mirror = Y->ssm.z_bias, p->fused = F_SSM, p->off = 4;
+    else if (Y && Y->Hs && slot == &L->ssm.out_proj_w) p->compute = Y->ssm.out_proj_w, p->fused = F_SSM, p->off = 5;
     else return 0;
-    if (*fused == F_WQKV) *compute = W->wqkv + *off;
-    if (*fused == F_BQKV) *compute = W->bqkv ? W->bqkv + *off : NULL;
-    if (*fused == F_GU) *compute = W->w_gate_up + *off;
+    if (p->fused == F_WQKV) p->compute = W->wqkv + p->off;
+    if (p->fused == F_BQKV) p->compute = W->bqkv ? W->bqkv + p->off : NULL;
+    if (p->fused == F_GU) p->compute = W->w_gate_up + p->off;
     return 1;
 }
 
-static float **fused_buffer(layer_grads *g, int f) {
-    return f == F_WQKV ? &g->wqkv : f == F_BQKV ? &g->bqkv : &g->w_gate_up;
+static int find_place(cuda_model_train *t, float **slot, place *p) {
+    ra_model *m = t->m;
+    memset(p, 0, sizeof *p);
+    p->layer = -1, p->fused = -1;
+    if (slot == &m->embed) p->compute = t->cm->embed, p->field = &t->g_embed;
+    else if (slot == &m->final_norm) p->compute = t->cm->final_norm, p->field = &t->g_final_norm;
+    else if (slot == &m->lm_head) p->compute = t->cm->lm_head, p->field = &t->g_lm_head;
+    else {
+        for (int l = 0; l < t->L; l++)
+            if (layer_place(t, l, slot, p)) return 1;
+        return 0;
+    }
+    return 1;
 }
 
-static size_t fused_elems(const cuda_model_train *t, int f) {
-    return f == F_WQKV ? (size_t)t->qkv * t->D : f == F_BQKV ? (size_t)t->qkv : (size_t)2 * t->I * t->D;
+/* The gradient slice of a fused parameter. */
+static float *fused_grad(cuda_model_train *t, const place *p) {
+    cuda_block_grads *g = &t->lg[p->layer];
+    switch (p->fused) {
+    case F_WQKV: return g->wqkv ? g->wqkv + p->off : NULL;
+    case F_BQKV: return g->bqkv ? g->bqkv + p->off : NULL;
+    case F_GU: return g->w_gate_up ? g->w_gate_up + p->off : NULL;
+    default: {
+        float *a[] = {g->ssm.in_proj_w, g->ssm.conv_w, g->ssm.conv_b, g->ssm.D, g->ssm.z_bias, g->ssm.out_proj_w};
+        return a[p->off];
+    }
+    }
 }
 
-/* Find the host tensor named `name` and its slot. */
 static float **slot_of(const ra_model_tensor *tl, int nt, const char *name) {
     for (int j = 0; j < nt; j++)
         if (!strcmp(tl[j].name, name)) return tl[j].data;
     return NULL;
 }
 
-/* Place parameter i: compute copy, gradient.  pass 0 allocates the fused
- * gradient buffers a trainable parameter needs; pass 1 wires. */
-static int place_param(cuda_model_train *t, int i, float **slot, int pass, ra_error *err) {
-    ra_model *m = t->m;
-    cuda_optim_param *p = &t->opt->params[i];
-    uint16_t *compute = NULL;
-    float **field = NULL;
-    int fused = -1, lay = -1;
-    size_t off = 0;
-    if (slot == &m->embed) compute = t->cm->embed, field = &t->g_embed;
-    else if (slot == &m->final_norm) compute = t->cm->final_norm, field = &t->g_final_norm;
-    else if (slot == &m->lm_head) compute = t->cm->lm_head, field = &t->g_lm_head;
-    else
-        for (int l = 0; l < t->L && lay < 0; l++)
-            if (layer_slot(t, l, slot, &fused, &off, &compute, &field)) lay = l;
-    if (!compute && !field && fused < 0)
-        return ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device", p->name);
-    if (pass == 0) {
-        if (fused >= 0 && !p->frozen) {
-            float **buf = fused_buffer(&t->lg[lay], fused);
-            if (!*buf) {
-                *buf = (float *)dalloc(t, fused_elems(t, fused) * 4, "fused gradients");
-                if (*buf) cuda_memset(*buf, 0, fused_elems(t, fused) * 4);
-            }
-        }
-        return 0;
+static void refresh_mirrors(cuda_model_train *t) {
+    for (int i = 0; i < t->n_mirrors; i++) {
+        const cuda_optim_param *p = &t->opt->params[t->mirrors[i].param];
+        cuda_copy(t->mirrors[i].dst, p->w, (size_t)p->numel * sizeof(float));
     }
-    if (compute) cuda_optim_set_compute_copy(t->opt, i, compute);
-    if (p->frozen) return 0;
-    if (fused >= 0) cuda_optim_set_grad(t->opt, i, *fused_buffer(&t->lg[lay], fused) + off);
-    else *field = p->g;
-    return 0;
 }
 
 extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     int rc = cuda_optim_create(&t->opt, t->host, err);
     if (rc) {
-        if (rc == EX_TEMPFAIL) err->code = rc = EX_OSERR;
-        return ra_error_prefix(err, "--device cuda: the optimiser state: ");
+        rc = oom_code(rc, err, t->B, t->T);
+        return ra_error_prefix(err, "the optimiser state: ");
     }
-    t->lg = (layer_grads *)xcalloc((size_t)t->L, sizeof *t->lg);
+    t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg); /* places point into it */
     ra_model_tensor *tl;
-    int nt = ra_model_tensor_list(t->m, &tl);
-    for (int pass = 0; pass < 2 && !rc; pass++)
-        for (int i = 0; i < t->opt->n && !rc; i++) {
-            float **slot = slot_of(tl, nt, t->opt->params[i].name);
-            if (!slot) rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' is not in the model",
-                                    t->opt->params[i].name);
-            else rc = place_param(t, i, slot, pass, err);
-            if (!rc && pass == 0) rc = alloc_failed(t, err);
+    int nt = ra_model_tensor_list(t->m, &tl), np = t->opt->n;
+    place *pl = (place *)xcalloc((size_t)(np ? np : 1), sizeof *pl);
+    int *want = (int *)xcalloc((size_t)t->L * 3, sizeof(int)); /* per layer: q/k/v, gate/up trainable; any param */
+    for (int i = 0; i < np && !rc; i++) {
+        float **slot = slot_of(tl, nt, t->opt->params[i].name);
+        if (!slot || !find_place(t, slot, &pl[i]))
+            rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device",
+                         t->opt->params[i].name);
+        else if (pl[i].layer >= 0) {
+            int *w = want + 3 * pl[i].layer, fr = t->opt->params[i].frozen;
+            w[2] = 1;
+            if (!fr && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV)) w[0] = 1;
+            if (!fr && pl[i].fused == F_GU) w[1] = 1;
         }
+    }
     free(tl);
+    for (int l = 0; l < t->L && !rc; l++) {
+        if (!want[3 * l + 2]) continue; /* stage 2: a layer not trained */
+        cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[3 * l], want[3 * l + 1], &t->ac);
+        rc = alloc_failed(t, err);
+    }
+    t->mirrors = (mirror32 *)xcalloc((size_t)(np ? np : 1), sizeof *t->mirrors);
+    for (int i = 0; i < np && !rc; i++) {
+        const place *p = &pl[i];
+        if (p->compute) cuda_optim_set_compute_copy(t->opt, i, p->compute);
+        if (p->mirror) t->mirrors[t->n_mirrors++] = (mirror32){p->mirror, i};
+        if (t->opt->params[i].frozen) continue;
+        if (p->fused >= 0) cuda_optim_set_grad(t->opt, i, fused_grad(t, p));
+        else if (p->field) *p->field = t->opt->params[i].g;
+    }
+    free(pl), free(want);
     if (rc) return rc;
     if (t->m->lm_head == t->m->embed) t->g_lm_head = t->g_embed;
     cuda_optim_refresh_compute(t->opt);
+    refresh_mirrors(t);
     cuda_synchronize();
     sample_peak(t);
     return 0;
@@ -329,23 +355,23 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
 
 extern "C" void cuda_model_train_zero_grad(cuda_model_train *t) {
     cuda_optim_zero_grad(t->opt);
-    for (int l = 0; l < t->L; l++)
-        for (int f = 0; f < F_N; f++) {
-            float *b = *fused_buffer(&t->lg[l], f);
-            if (b) cuda_memset(b, 0, fused_elems(t, f) * 4);
-        }
+    for (int l = 0; l < t->L; l++) cuda_block_grads_zero_fused(&t->lg[l], t->cm, l);
 }
 
 extern "C" int cuda_model_train_optim_step(cuda_model_train *t, double lr, int poison, ra_error *err) {
     if (poison) cuda_optim_poison(t->opt);
     int rc = cuda_optim_step(t->opt, lr, err);
+    if (!rc) refresh_mirrors(t);
     t->host->step = t->opt->step;
     t->host->last_grad_norm = t->opt->last_grad_norm;
     return rc;
 }
 
 extern "C" void cuda_model_train_download(cuda_model_train *t) { cuda_optim_download(t->opt, t->host); }
-extern "C" void cuda_model_train_upload(cuda_model_train *t) { cuda_optim_upload(t->opt, t->host); }
+extern "C" void cuda_model_train_upload(cuda_model_train *t) {
+    cuda_optim_upload(t->opt, t->host);
+    refresh_mirrors(t);
+}
 
 extern "C" int cuda_model_train_grad(cuda_model_train *t, const char *name, float *out, ra_error *err) {
     for (int i = 0; i < t->opt->n; i++) {
@@ -376,59 +402,6 @@ static int check_batch(const cuda_model_train *t, const int32_t *tokens, const i
                                s);
         }
     return 0;
-}
-
-static void layer_forward(cuda_model_train *t, int l, const int32_t *doc) {
-    const cuda_layer_weights *W = &t->cm->layers[l];
-    layer_acts *a = &t->acts[l];
-    int n = t->n, D = t->D, I = t->I, qkv = t->qkv;
-    float eps = (float)t->m->cfg.rms_norm_eps;
-    cuda_rmsnorm_forward(a->xn1, a->rstd1, t->X[l], W->input_norm, n, D, eps);
-    cuda_linear_forward(a->qkv, a->xn1, W->wqkv, W->bqkv, n, D, qkv);
-    cuda_rope_forward_strided(a->qkv, qkv, t->cos_t, t->sin_t, n, t->H + t->Hkv, t->hd);
-    cuda_attention_args at;
-    memset(&at, 0, sizeof at);
-    at.out = a->att, at.out_stride = t->qd;
-    at.q = a->qkv, at.q_stride = qkv;
-    at.k = a->qkv + t->qd, at.v = a->qkv + t->qd + t->kvd, at.kv_stride = qkv;
-    at.doc_start = doc;
-    at.B = t->B, at.T = t->T, at.H = t->H, at.Hkv = t->Hkv, at.hd = t->hd;
-    cuda_attention_forward_ex(&at);
-    cuda_copy(a->h, t->X[l], (size_t)n * D * 2);
-    cuda_linear_residual_forward(a->h, a->att, W->wo, W->bo, n, t->qd, D);
-    cuda_rmsnorm_forward(a->hn, a->rstd2, a->h, W->post_norm, n, D, eps);
-    cuda_linear_forward(a->gu, a->hn, W->w_gate_up, NULL, n, D, 2 * I);
-    cuda_swiglu_fused_forward(a->act, a->gu, n, I);
-    cuda_copy(t->X[l + 1], a->h, (size_t)n * D * 2);
-    cuda_linear_residual_forward(t->X[l + 1], a->act, W->w_down, NULL, n, I, D);
-}
-
-/* dres holds ∂L/∂X[l+1]; on return ∂L/∂X[l]. */
-static void layer_backward(cuda_model_train *t, int l, const int32_t *doc) {
-    const cuda_layer_weights *W = &t->cm->layers[l];
-    const layer_acts *a = &t->acts[l];
-    const layer_grads *g = &t->lg[l];
-    int n = t->n, D = t->D, I = t->I, qkv = t->qkv;
-    /* MLP: X[l+1] = h + down(swiglu(gate_up(hn))) */
-    cuda_linear_backward(t->dact, g->w_down, NULL, t->dres, a->act, W->w_down, n, I, D);
-    cuda_swiglu_fused_backward(t->dgu, t->dact, a->gu, n, I);
-    cuda_linear_backward(t->dxn, g->w_gate_up, NULL, t->dgu, a->hn, W->w_gate_up, n, D, 2 * I);
-    cuda_rmsnorm_backward(t->tmp, g->post_norm, t->dxn, a->h, W->post_norm, a->rstd2, n, D);
-    cuda_residual_add(t->dres, t->tmp, (int64_t)n * D); /* dres = ∂L/∂h */
-    /* h = X[l] + o_proj(attention(rope(qkv(xn1)))) */
-    cuda_linear_backward(t->datt, g->wo, g->bo, t->dres, a->att, W->wo, n, t->qd, D);
-    cuda_attention_bwd_args ab;
-    ab.dq = t->dqkv, ab.dk = t->dqkv + t->qd, ab.dv = t->dqkv + t->qd + t->kvd;
-    ab.dout = t->datt, ab.q = a->qkv, ab.k = a->qkv + t->qd, ab.v = a->qkv + t->qd + t->kvd;
-    ab.doc_start = doc;
-    ab.q_stride = ab.kv_stride = ab.dq_stride = ab.dkv_stride = qkv;
-    ab.dout_stride = t->qd;
-    ab.B = t->B, ab.T = t->T, ab.H = t->H, ab.Hkv = t->Hkv, ab.hd = t->hd;
-    cuda_attention_backward_ex(&ab);
-    cuda_rope_backward_strided(t->dqkv, qkv, t->cos_t, t->sin_t, n, t->H + t->Hkv, t->hd);
-    cuda_linear_backward(t->dxn, g->wqkv, g->bqkv, t->dqkv, a->xn1, W->wqkv, n, D, qkv);
-    cuda_rmsnorm_backward(t->tmp, g->input_norm, t->dxn, t->X[l], W->input_norm, a->rstd1, n, D);
-    cuda_residual_add(t->dres, t->tmp, (int64_t)n * D);
 }
 
 /* Host inputs → one upload: tokens, doc_start, labels, positions, and the
@@ -497,8 +470,13 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
 
     /* forward */
     cuda_rope_tables(t->cos_t, t->sin_t, d_pos, n, t->cm->inv_freq, t->hd);
+    cuda_block_batch bt = {B, T, t->cos_t, t->sin_t, d_doc, NULL};
+    if (d_doc) {
+        cuda_hybrid_starts(t->starts, d_doc, n, T);
+        bt.starts = t->starts;
+    }
     cuda_embedding_forward(t->X[0], d_tokens, t->cm->embed, n, D);
-    for (int l = 0; l < L; l++) layer_forward(t, l, d_doc);
+    for (int l = 0; l < L; l++) cuda_block_forward(t->blocks, l, t->X[l + 1], t->X[l], &bt);
     float eps = (float)t->m->cfg.rms_norm_eps;
     cuda_rmsnorm_forward(t->xfn, t->rstdf, t->X[L], t->cm->final_norm, n, D, eps);
 
@@ -525,7 +503,10 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     }
     if (want_grads) {
         cuda_rmsnorm_backward(t->dres, t->g_final_norm, t->dxfn, t->X[L], t->cm->final_norm, t->rstdf, n, D);
-        for (int l = L - 1; l >= 0; l--) layer_backward(t, l, d_doc);
+        for (int l = L - 1; l >= 0; l--) {
+            if (t->recompute && l < L - 1) cuda_block_forward(t->blocks, l, t->X[l + 1], t->X[l], &bt);
+            cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 1);
+        }
         if (t->g_embed) {
             const int32_t *g = t->d_ints + 4 * (size_t)n;
             cuda_embedding_backward_sorted(t->g_embed, t->dres, g, g + n, g + 2 * (size_t)n, t->n_ids, D);
@@ -539,3 +520,97 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     sample_peak(t);
     return 0;
 }
+
+/* ---- stage 2 --------------------------------------------------------------------------------- */
+
+extern "C" int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher,
+                                        ra_optim *optim, const int *layers, int n_layers, int B, int T,
+                                        ra_error *err) {
+    *out = NULL;
+    int rc = cuda_device_init(0, err);
+    if (rc) {
+        char msg[sizeof err->msg];
+        memcpy(msg, err->msg, sizeof msg);
+        return ra_fail(err, rc, "--device cuda: %s; use --device cpu", msg);
+    }
+    if ((rc = check_supported(student, "student", err))) return rc;
+    if (teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
+    if (n_layers < 1) return ra_fail(err, EX_USAGE, "stage 2: no layers to train");
+    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
+        return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
+    const hf_config *c = &student->cfg;
+    cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
+    t->m = student, t->host = optim, t->B = B, t->T = T, t->n = B * T;
+    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
+    t->layers = (int *)xmalloc((size_t)n_layers * sizeof(int));
+    memcpy(t->layers, layers, (size_t)n_layers * sizeof(int));
+    t->n_layers = n_layers;
+    t->layer_losses = (double *)xcalloc((size_t)n_layers, sizeof(double));
+    t->ac.err = &t->alloc_err;
+    t->recompute = 1; /* each listed layer's backward follows its forward */
+    size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
+    int last = layers[n_layers - 1];
+    if ((rc = cuda_model_upload(student, &t->cm, err))) goto fail;
+    if ((rc = cuda_model_upload(teacher, &t->tm, err))) goto fail;
+    t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
+    for (int l = 0; l <= last + 1; l++) t->X[l] = (uint16_t *)dalloc(t, n * D * 2, "the teacher's residuals");
+    t->dres = (uint16_t *)dalloc(t, n * D * 2, "the student block's output");
+    t->cos_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
+    t->sin_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
+    t->starts = (uint8_t *)dalloc(t, n, "document starts");
+    t->d_ints = (int32_t *)dalloc(t, (7 * n + 1) * 4, "token ids, document starts, positions");
+    if ((rc = alloc_failed(t, err))) goto fail;
+    if ((rc = cuda_blocks_create(&t->tblocks, t->tm, B, T, 1, err))) goto fail;
+    if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, 1, err))) goto fail;
+    {
+        int width, kv, ad;
+        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
+        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err))) goto fail;
+    }
+    t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
+    t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
+    t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
+    cuda_synchronize();
+    sample_peak(t);
+    *out = t;
+    return 0;
+fail:
+    rc = oom_code(rc, err, B, T);
+    cuda_model_train_free(t);
+    return rc;
+}
+
+extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens,
+                                      const int32_t *doc_start, int B, int T, float dloss, double *loss,
+                                      ra_error *err) {
+    int rc = check_batch(t, tokens, doc_start, B, T, err);
+    if (rc) return rc;
+    if (!t->opt) return ra_fail(err, EX_SOFTWARE, "cuda_stage2_train_step before cuda_model_train_begin");
+    int n = t->n, D = t->D, last = t->layers[t->n_layers - 1];
+    upload_inputs(t, tokens, doc_start, NULL);
+    const int32_t *d_doc = doc_start ? t->d_ints + n : NULL, *d_pos = t->d_ints + 3 * (size_t)n;
+    cuda_rope_tables(t->cos_t, t->sin_t, d_pos, n, t->cm->inv_freq, t->hd);
+    cuda_block_batch bt = {B, T, t->cos_t, t->sin_t, d_doc, NULL};
+    if (d_doc) {
+        cuda_hybrid_starts(t->starts, d_doc, n, T);
+        bt.starts = t->starts;
+    }
+    /* the teacher's residuals entering layers 0 .. last + 1 */
+    cuda_embedding_forward(t->X[0], t->d_ints, t->tm->embed, n, D);
+    for (int l = 0; l <= last; l++) cuda_block_forward(t->tblocks, l, t->X[l + 1], t->X[l], &bt);
+    double total = 0;
+    for (int i = 0; i < t->n_layers; i++) {
+        int l = t->layers[i];
+        cuda_block_forward(t->blocks, l, t->dres, t->X[l], &bt);
+        t->layer_losses[i] = cuda_loss_l2_forward(t->dres, t->X[l + 1], n, D);
+        total += t->layer_losses[i];
+        if (!want_grads) continue;
+        cuda_loss_l2_backward(t->dres, t->dres, t->X[l + 1], n, D, dloss);
+        cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 0);
+    }
+    *loss = total;
+    sample_peak(t);
+    return 0;
+}
+
+extern "C" const double *cuda_stage2_layer_losses(const cuda_model_train *t) { return t->layer_losses; }

@@ -10,11 +10,9 @@
  * so the backward GEMMs write them directly.  The optimiser step runs on
  * the device and refreshes the bf16 copies.
  *
- * Forward (saving, per layer: the residual entering it, the normed input
- * and 1/rms, q/k/v after RoPE, the attention output, the residual after
- * the mixer, its normed copy and 1/rms, gate/up and the SwiGLU output),
- * final norm, then the vocabulary side in row chunks (logits bf16 [R, V],
- * R·V ≤ 128 Mi elements... see cuda_model_train_logit_rows): logits,
+ * Forward (every layer's input residual kept; the layers' activations as
+ * below), final norm, then the vocabulary side in row chunks (logits bf16
+ * [R, V], R·V ≤ 128 Mi elements, cuda_model_train_logit_rows): logits,
  * loss rows and their gradient in place, pushed through the LM head at
  * once, as lib/model_train.c does.  The loss value comes back once per
  * micro-batch (one download of the per-row losses), so a micro-batch
@@ -25,10 +23,16 @@
  * (kernels/forward_cuda.h, no saved activations) up to its last residual,
  * then its final norm and LM head chunk by chunk next to the student's.
  *
- * Supported so far: teacher-shaped students (all heads softmax attention,
- * GQA, q/k/v/o biases optional, tied or untied LM head) with head_dim 32,
- * 64 or 128; a hybrid student or another head_dim is refused with
- * EX_UNAVAILABLE naming what is missing.
+ * Layers: kernels/block_train_cuda.h (teacher-shaped layers: GQA, q/k/v/o
+ * biases; hybrid layers: kept heads, DiscreteMamba2 heads, routed layout
+ * with the static adapter, parallel layout with the learned one), tied or
+ * untied LM head, head_dim 32, 64 or 128 (another head_dim is refused with
+ * EX_UNAVAILABLE).  Activations are saved per layer, or, when that would
+ * take more than an eighth of the GPU's memory (or RA_TRAIN_RECOMPUTE=1),
+ * kept for one layer and recomputed layer by layer in the backward
+ * (RA_TRAIN_RECOMPUTE=0 forces saving).  The DM2 backward sums some
+ * parameter gradients with float atomics, so a hybrid's steps are not
+ * bit-reproducible (teacher-shaped models' are).
  *
  * Everything is allocated by cuda_model_train_create / _begin (scratch of
  * the backward included), so a step never allocates; running out of GPU
@@ -85,12 +89,31 @@ void cuda_model_train_upload(cuda_model_train *t);
  * tests.  EX_USAGE when it has none (frozen or unknown). */
 int cuda_model_train_grad(cuda_model_train *t, const char *name, float *out, ra_error *err);
 
+/* 1 when activations are recomputed in the backward (see the top). */
+int cuda_model_train_recomputes(const cuda_model_train *t);
 /* Rows of the vocabulary chunk. */
 int cuda_model_train_logit_rows(const cuda_model_train *t);
 /* High-water mark of device memory in use (cudaMemGetInfo: total − free,
  * sampled after creation and after every micro-batch; includes the CUDA
  * context and anything else on the GPU). */
 size_t cuda_model_train_peak_bytes(const cuda_model_train *t);
+
+/* ---- MOHAWK stage 2 (DESIGN §2.5) with the same machinery ----------------
+ * The teacher runs as blocks (kernels/block_train_cuda.h, forward only) up
+ * to the last listed layer, keeping its residuals on the device; each
+ * listed layer l of the student then runs on the teacher's residual
+ * entering l, L_l = mean over tokens of ‖block_l − h_{l+1}‖₂ (the target of
+ * the last layer is the residual before the final norm), and its backward
+ * follows at once (one set of activations).  optim holds the trained
+ * parameters of the listed layers (ra_stage2_register); begin, zero_grad,
+ * optim_step, download, upload and grad as above. */
+int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
+                             const int *layers, int n_layers, int B, int T, ra_error *err);
+/* *loss = Σ_l L_l; with want_grads, dloss·∂L/∂θ accumulated. */
+int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens, const int32_t *doc_start,
+                           int B, int T, float dloss, double *loss, ra_error *err);
+/* L_l of the last step, in the order of the listed layers. */
+const double *cuda_stage2_layer_losses(const cuda_model_train *t);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,8 @@
  * kernels/ops_backward_cuda.h).
  *
  * ===================== design note: a CUDA stage-3 step =====================
+ * (Implemented by kernels/model_train_cuda.cu and kernels/block_train_cuda.cu;
+ * measured: tests/gpu/results/test-gpu-train-2026-11-22.md.)
  * How the next round assembles a stage-3 (end-to-end distillation) step
  * from these pieces, and what it costs in memory at the Llama-3.2-1B shape
  * (D 2048, 16 layers, H 32, Hkv 8, hd 64, I 8192, V 128256, 1.24 G

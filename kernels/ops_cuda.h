@@ -54,6 +54,13 @@ void cuda_copy(void *dst, const void *src, size_t bytes);     /* device -> devic
  * every core into pinned staging buffers while the previous chunk copies. */
 void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n);
 void cuda_download_bf16(float *dst, const uint16_t *src, size_t n);
+/* n bf16 values that fill(host, off, count, arg) writes chunk by chunk
+ * (values off .. off+count-1 into host[0 .. count)) to dst: through the
+ * pinned staging buffers, the next chunk filled while the last one copies
+ * (pageable memory when pinned memory is refused).  For weights that are
+ * already bf16 on the host (a checkpoint's memory map). */
+void cuda_upload_bf16_from(uint16_t *dst, size_t n, void (*fill)(uint16_t *host, size_t off, size_t count, void *arg),
+                           void *arg);
 /* bf16 device -> fp32 device. */
 void cuda_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
 /* Fill with uniform values in [center - half_width, center + half_width), a

@@ -35,6 +35,11 @@ int probe_exact_cuda(const ra_model *m, const probe_data *d, const uint8_t *meas
 int probe_cuda_begin(const ra_model *m, const probe_data *d, int batch, ra_error *err);
 void probe_cuda_end(void);
 
+/* Upload m now, for the next session on m (probe_cuda_begin, or an engine
+ * run without one) to take over instead of uploading it: a thread can do
+ * this while the host tokenises (lib/probe_device.c). */
+int probe_cuda_preload(const ra_model *m, ra_error *err);
+
 /* As probe_attribution_cpu, on GPU 0 (kernels/probe_cuda_attr.cu). */
 int probe_attribution_cuda(const ra_model *m, const probe_data *d, const probe_opts *o, float *attr,
                            probe_outcome *base, ra_error *err);

@@ -98,6 +98,22 @@ __global__ void head_dot_kernel(float *prod, const float *datt, const bf16 *att,
     }
 }
 
+/* acc[h] += Σ_t prod[t, h] in double; one block per head, a fixed order
+ * (deterministic).  Replaces a download of prod and a host loop per layer. */
+__global__ void head_sum_kernel(double *acc, const float *prod, int64_t n, int H) {
+    __shared__ double part[256];
+    int h = blockIdx.x;
+    double sum = 0;
+    for (int64_t t = threadIdx.x; t < n; t += blockDim.x) sum += prod[t * H + h];
+    part[threadIdx.x] = sum;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) part[threadIdx.x] += part[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) acc[h] += part[0];
+}
+
 /* Inverse RoPE (rotation by −θ) on fp32 gradients of `heads` heads per row. */
 __global__ void rope_bwd_kernel(float *g, int64_t row_stride, const float *cos_t, const float *sin_t, int64_t n,
                                 int heads, int hd) {
@@ -172,6 +188,7 @@ enum { PA_Q, PA_K, PA_V, PA_DO, PA_S, PA_DP, PA_PB, PA_DSB, PA_DQ, PA_DK, PA_DV,
 
 typedef struct attr_bufs {
     float *g, *gmid, *dxn, *ds, *datt, *dqkv, *rstd1, *rstd2, *prod, *dh, *rstd_f, *lse_t;
+    double *attr; /* [L*H] device sums */
     float *S, *dP;      /* [Bg*H, T, T] */
     uint16_t *Pb, *dSb; /* [Bg*H, T, T] */
     void **ptr;         /* device [PA_N][Bg*H] */
@@ -179,7 +196,6 @@ typedef struct attr_bufs {
     int Bg;             /* rows per block of the attention backward */
     uint16_t *gb, *dgu, *dattb, *dqkvb, *dz, *xmid;
     int32_t *trow, *ttok;
-    float *h_prod;
     int32_t *h_trow, *h_ttok;
 } attr_bufs;
 
@@ -204,6 +220,7 @@ static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error
         {(void **)&a->datt, n * qd * 4, "attention gradients"}, {(void **)&a->dqkv, n * q * 4, "q/k/v gradients"},
         {(void **)&a->rstd1, n * 4, "norm statistics"}, {(void **)&a->rstd2, n * 4, "norm statistics"},
         {(void **)&a->prod, n * s->H * 4, "head attributions"},
+        {(void **)&a->attr, (size_t)s->L * s->H * 8, "head attribution sums"},
         {(void **)&a->S, TT * 4, "attention scores"}, {(void **)&a->dP, TT * 4, "attention score gradients"},
         {(void **)&a->Pb, TT * 2, "attention probabilities"}, {(void **)&a->dSb, TT * 2, "attention score gradients"},
         {(void **)&a->ptr, (size_t)PA_N * a->Bg * s->H * sizeof(void *), "GEMM pointer arrays"},
@@ -216,7 +233,6 @@ static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0] && !rc; i++)
         rc = cuda_malloc_try(want[i].p, want[i].bytes ? want[i].bytes : 1, want[i].what, err);
-    a->h_prod = (float *)xmalloc(n * s->H * 4);
     a->h_ptr = (void **)xmalloc((size_t)PA_N * a->Bg * s->H * sizeof(void *));
     a->h_trow = (int32_t *)xmalloc((size_t)max_targets * 4);
     a->h_ttok = (int32_t *)xmalloc((size_t)max_targets * 4);
@@ -224,11 +240,11 @@ static int attr_alloc(attr_bufs *a, const pc_state *s, int max_targets, ra_error
 }
 
 static void attr_free(attr_bufs *a) {
-    void *d[] = {a->g,  a->gmid, a->dxn, a->ds,   a->datt,   a->dqkv,  a->rstd1, a->rstd2, a->prod,
+    void *d[] = {a->g,  a->gmid, a->dxn, a->ds,   a->datt,   a->dqkv,  a->rstd1, a->rstd2, a->prod, a->attr,
                  a->S,  a->dP,   a->Pb,  a->dSb,  a->ptr,    a->dh,    a->rstd_f, a->lse_t, a->gb,
                  a->dgu, a->dattb, a->dqkvb, a->dz, a->xmid, a->trow,  a->ttok};
     for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cuda_free(d[i]);
-    free(a->h_prod), free(a->h_trow), free(a->h_ttok), free(a->h_ptr);
+    free(a->h_trow), free(a->h_ttok), free(a->h_ptr);
 }
 
 /* dq, dk, dv (fp32, into the q/k/v columns of a->dqkv) from s->qkv (q, k
@@ -296,15 +312,15 @@ static void attention_backward(pc_state *s, attr_bufs *a, int B, int T) {
 }
 
 /* Layer l, top down: g (∂J/∂x_{l+1}) → ∂J/∂x_l, adding Σ grad·output per head
- * into attr[l*H + h]. */
-static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T, double *attr) {
+ * into a->attr[l*H + h] (on the device). */
+static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T) {
     const cuda_layer_weights *W = &s->m->layers[l];
     int n = B * T, D = s->D, H = s->H, Hkv = s->Hkv, hd = s->hd, I = s->I, q = s->qkvd;
     float eps = (float)s->m->cfg.rms_norm_eps;
 
     /* recompute: x_l → attention output (s->att), x_mid, gate/up */
     cuda_copy(s->x, s->cache_x[l], (size_t)n * D * 2);
-    pc_attention_out(s, l, B, T, s->att, a->rstd1);
+    pc_attention_out(s, l, B, T, s->att, a->rstd1, NULL);
     cuda_copy(a->xmid, s->x, (size_t)n * D * 2);
     cuda_linear_residual_forward(a->xmid, s->att, W->wo, W->bo, n, H * hd, D);
     cuda_rmsnorm_forward(s->xn, a->rstd2, a->xmid, W->post_norm, n, D, eps);
@@ -328,12 +344,8 @@ static void layer_backward(pc_state *s, attr_bufs *a, int l, int B, int T, doubl
     head_dot_kernel<<<ra_grid_for((int64_t)n * H * 32, 256), 256, 0, ra_cuda_stream>>>(a->prod, a->datt,
                                                                                     (const bf16 *)s->att, n, H, hd);
     CUDA_CHECK_LAST();
-    cuda_download(a->h_prod, a->prod, (size_t)n * H * 4);
-    for (int h = 0; h < H; h++) {
-        double sum = 0;
-        for (int64_t t = 0; t < n; t++) sum += a->h_prod[t * H + h];
-        attr[l * H + h] += sum;
-    }
+    head_sum_kernel<<<H, 256, 0, ra_cuda_stream>>>(a->attr + (size_t)l * H, a->prod, n, H);
+    CUDA_CHECK_LAST();
     if (l == 0) return;
 
     /* attention, RoPE, q/k/v and input norm backward */
@@ -370,6 +382,7 @@ extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, co
     }
     int L = s.L, H = s.H, N = d->n_items, D = s.D, V = s.V;
     double *acc = (double *)xcalloc((size_t)L * H, sizeof(double));
+    cuda_memset(a.attr, 0, (size_t)L * H * sizeof(double));
     pc_unit *units = (pc_unit *)xmalloc((size_t)B * sizeof(pc_unit));
     probe_outcome *outs = (probe_outcome *)xmalloc((size_t)B * sizeof(probe_outcome));
     for (int i0 = 0; i0 < N;) {
@@ -415,11 +428,13 @@ extern "C" int probe_attribution_cuda(const ra_model *m, const probe_data *d, co
             for (int i = i0; i < i1; i++) units[nb++] = (pc_unit){i, -1};
             pc_score_call(&s, d, units, nb, T, outs);
             for (int i = i0; i < i1; i++) base[i] = outs[i - i0];
+            pc_cache_set_base(&s, outs);
         }
-        for (int l = L - 1; l >= 0; l--) layer_backward(&s, &a, l, rows, T, acc);
+        for (int l = L - 1; l >= 0; l--) layer_backward(&s, &a, l, rows, T);
         if (o && o->progress) ra_progress_update(o->progress, i1);
         i0 = i1;
     }
+    cuda_download(acc, a.attr, (size_t)L * H * sizeof(double));
     for (int i = 0; i < L * H; i++) attr[i] = (float)(acc[i] / N);
     free(acc), free(units), free(outs);
     attr_free(&a);

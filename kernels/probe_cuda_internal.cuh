@@ -25,6 +25,15 @@ typedef struct pc_state {
     float *h_lse, *h_tval;
     uint8_t *h_keep;
     double *lse_d;
+    /* packed ablation calls: [4][B*T_max] int32 — cache row, position in
+     * its row, packed start of its row, head to zero (-1 none) per token */
+    int32_t *pk, *h_pk;
+    /* what the caches hold: the baseline pass of items cache_i0..cache_i1-1
+     * of cache_d at width cache_T (cache_d NULL: nothing), and, when
+     * cache_has_base, those items' baseline outcomes */
+    const probe_data *cache_d;
+    int cache_i0, cache_i1, cache_T, cache_has_base;
+    probe_outcome *cache_base;
 } pc_state;
 
 typedef struct pc_unit {
@@ -45,14 +54,18 @@ void pc_rope_tables(pc_state *s, int T);
  * layer, caching the residual entering each layer and its attention output;
  * s->x ends as the final residual.  Returns the number of rows. */
 int pc_baseline(pc_state *s, const probe_data *d, int i0, int i1, int T);
-/* The layer's attention output (before o_proj) of s->x into att_out. */
-void pc_attention_out(pc_state *s, int l, int B, int T, uint16_t *att_out, float *rstd);
+/* The layer's attention output (before o_proj) of s->x into att_out;
+ * doc_start (device [B*T] or NULL) as cuda_attention_args. */
+void pc_attention_out(pc_state *s, int l, int B, int T, uint16_t *att_out, float *rstd, const int32_t *doc_start);
 /* s->x += att·Woᵀ, then the MLP block of layer l (the _on form: on x). */
 void pc_o_proj_and_mlp(pc_state *s, int l, int n, const uint16_t *att);
 void pc_o_proj_and_mlp_on(pc_state *s, int l, uint16_t *x, int n, const uint16_t *att);
 /* Final norm + LM head at the scored positions of the units' rows (placed
  * in order from slot 0); every unit's outcome into out. */
 void pc_score_call(pc_state *s, const probe_data *d, const pc_unit *u, int nu, int T, probe_outcome *out);
+/* Record the baseline outcomes of the chunk the caches hold (out [i1-i0]),
+ * so a later engine run on the same chunk skips its baseline pass. */
+void pc_cache_set_base(pc_state *s, const probe_outcome *out);
 
 __global__ void probe_row_stats_kernel(const bf16 *logits, int V, float *lse, int32_t *argmax);
 

@@ -191,5 +191,6 @@ void ra_model_free(ra_model *m) {
     free(m->layers);
     if (m->hybrid) ra_hybrid_free(m->hybrid);
     free(m->hybrid);
+    if (m->view) m->view->close(m->view);
     free(m);
 }

@@ -85,6 +85,7 @@ typedef struct ra_model {
     char source[512];  /* path it was loaded from, for messages */
     char warning[512]; /* non-fatal findings of the loader ("" if none) */
     struct ra_hybrid_config *hybrid; /* NULL for a teacher (owned) */
+    struct ra_model_view *view;      /* NULL unless ra_model_load_view left the weights in the checkpoint */
 } ra_model;
 
 /* One weight of the model as the loaders and writers see it. */
@@ -143,6 +144,37 @@ int ra_model_write_stream(const ra_model *m, const char *path, ra_dtype dtype, c
 int ra_model_write_stream_subset(const ra_model *m, const char *path, ra_dtype dtype, const json_t *provenance,
                                  int (*keep)(const char *name, void *arg), void *arg, char *content_id,
                                  ra_error *err);
+
+/* A model whose weights stay where the checkpoint holds them, for tools
+ * that only send them to a GPU (ra-probe on CUDA): ra_model_load_view of a
+ * Hugging Face directory validates exactly as ra_model_load_hf, but every
+ * weight pointer of the model stays NULL and m->view lists, per weight of
+ * ra_model_tensor_list, its slot and its bytes in the checkpoint's memory
+ * map in the stored dtype (no host fp32 copy; cuda_model_upload reads them
+ * there, bf16 bytes as they are).  Its content_id is "" until
+ * ra_model_view_content_id computes it (XXH3 over every weight byte: a
+ * caller may run it on a thread of its own while the GPU works; nothing
+ * else may write the model meanwhile).  A model stream, "-" or a hybrid
+ * student loads as ra_model_load does (view NULL, content id set).
+ * ra_model_free unmaps. */
+typedef struct ra_model_view_entry {
+    float **slot;     /* the weight's slot in the model (left NULL) */
+    ra_dtype dtype;   /* as stored: bf16, f16 or f32 */
+    const void *data; /* in the memory map; not aligned in general */
+    int64_t numel;
+} ra_model_view_entry;
+typedef struct ra_model_view {
+    int n;
+    ra_model_view_entry *e;
+    void *priv;                              /* the loader's (the open checkpoint) */
+    void (*close)(struct ra_model_view *v);  /* frees it all; ra_model_free calls it */
+} ra_model_view;
+int ra_model_load_view(const char *path, ra_model **out, ra_error *err);
+void ra_model_view_content_id(ra_model *m);
+/* Elements off .. off+n-1 of a view entry as bf16 into dst (bf16 bytes
+ * copied as they are, f16/f32 rounded to nearest even like
+ * ra_convert_from_f32), split over every core. */
+void ra_model_view_to_bf16(uint16_t *dst, const ra_model_view_entry *e, size_t off, size_t n);
 
 void ra_model_free(ra_model *m);
 

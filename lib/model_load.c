@@ -119,7 +119,52 @@ static int hybrid_from_config_text(const char *text, size_t len, const char *nam
     return rc;
 }
 
-int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
+/* What a view keeps open: the checkpoint (its maps) and the config bytes
+ * the content id starts with. */
+typedef struct view_priv {
+    st_set *st;
+    char *config;
+    size_t config_len;
+} view_priv;
+
+static void view_close(ra_model_view *v) {
+    view_priv *p = v->priv;
+    st_close(p->st);
+    free(p->config);
+    free(p);
+    free(v->e);
+    free(v);
+}
+
+void ra_model_view_content_id(ra_model *m) {
+    if (!m->view || m->content_id[0]) return;
+    view_priv *p = m->view->priv;
+    st_checkpoint_id(p->st, p->config, p->config_len, m->content_id); /* defined in lib/model.h */
+}
+
+void ra_model_view_to_bf16(uint16_t *dst, const ra_model_view_entry *e, size_t off, size_t n) {
+    enum { BLOCK = 1 << 16, STEP = 2048 };
+    size_t es = ra_dtype_size(e->dtype);
+    const char *src = (const char *)e->data + off * es;
+    int64_t blocks = (int64_t)((n + BLOCK - 1) / BLOCK);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        size_t i0 = (size_t)b * BLOCK, k = n - i0 < BLOCK ? n - i0 : BLOCK;
+        if (e->dtype == RA_BF16) {
+            memcpy(dst + i0, src + i0 * es, k * sizeof(uint16_t));
+            continue;
+        }
+        float buf[STEP];
+        for (size_t j = 0; j < k; j += STEP) {
+            size_t c = k - j < STEP ? k - j : STEP;
+            ra_convert_to_f32(buf, src + (i0 + j) * es, e->dtype, c);
+            ra_convert_from_f32(dst + i0 + j, RA_BF16, buf, c);
+        }
+    }
+}
+
+/* view: leave the weights in the checkpoint (ra_model_load_view). */
+static int load_hf(const char *dir, int view, ra_model **out, ra_error *err) {
     *out = NULL;
     char cfg_path[4096];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
@@ -149,6 +194,7 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
 
     ra_model *m = is_hybrid ? ra_model_shell_hybrid(&c, &hy) : ra_model_shell(&c);
     if (is_hybrid) ra_hybrid_free(&hy);
+    if (is_hybrid) view = 0; /* the hybrid uploads read fp32 weights */
     snprintf(m->source, sizeof m->source, "%s", dir);
     ra_model_tensor *specs;
     int n = ra_model_tensor_list(m, &specs);
@@ -176,17 +222,32 @@ int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) {
          * core by ra_convert_to_f32 (so the 262M-element embedding of a
          * 128k vocabulary does not run on one thread while the others idle;
          * the pages of source and destination fault in in parallel). */
-        for (int i = 0; i < n; i++) {
-            *specs[i].data = xmalloc((size_t)spec_numel(&specs[i]) * sizeof(float));
-            ra_convert_to_f32(*specs[i].data, src[i]->data, src[i]->dtype, (size_t)spec_numel(&specs[i]));
+        if (view) {
+            /* no copy: the entries point into the maps, which stay open */
+            ra_model_view *v = xcalloc(1, sizeof *v);
+            view_priv *p = xmalloc(sizeof *p);
+            *p = (view_priv){st, text, len};
+            v->n = n;
+            v->e = xmalloc((size_t)n * sizeof *v->e);
+            for (int i = 0; i < n; i++)
+                v->e[i] = (ra_model_view_entry){specs[i].data, src[i]->dtype, src[i]->data, spec_numel(&specs[i])};
+            v->priv = p;
+            v->close = view_close;
+            m->view = v;
+            st = NULL, text = NULL; /* the view owns them now */
+        } else {
+            for (int i = 0; i < n; i++) {
+                *specs[i].data = xmalloc((size_t)spec_numel(&specs[i]) * sizeof(float));
+                ra_convert_to_f32(*specs[i].data, src[i]->data, src[i]->dtype, (size_t)spec_numel(&specs[i]));
+            }
+            st_checkpoint_id(st, text, len, m->content_id); /* defined in lib/model.h */
         }
         if (c.tie_word_embeddings) m->lm_head = m->embed;
-        st_checkpoint_id(st, text, len, m->content_id); /* defined in lib/model.h */
     }
     free(src);
     free(specs);
     free(text);
-    st_close(st);
+    if (st) st_close(st);
     if (rc) {
         ra_model_free(m);
         return rc;
@@ -269,6 +330,15 @@ int ra_model_load_stream(const char *path, ra_model **out, ra_error *err) {
     }
     *out = m;
     return 0;
+}
+
+int ra_model_load_hf(const char *dir, ra_model **out, ra_error *err) { return load_hf(dir, 0, out, err); }
+
+int ra_model_load_view(const char *path, ra_model **out, ra_error *err) {
+    *out = NULL;
+    struct stat st;
+    if (strcmp(path, "-") != 0 && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return load_hf(path, 1, out, err);
+    return ra_model_load(path, out, err);
 }
 
 int ra_model_load(const char *path, ra_model **out, ra_error *err) {

@@ -172,6 +172,24 @@ int probe_attribution_device(ra_device dev, const ra_model *m, const probe_data 
 int probe_device_begin(ra_device dev, const ra_model *m, const probe_data *d, const probe_opts *o, ra_error *err);
 void probe_device_end(void);
 
+/* Getting the device ready while the host goes on (ra-probe overlaps the
+ * CUDA context and the model's upload with loading the tokenizer and
+ * tokenising the prompts):
+ *   probe_device_prepare_start(dev);   a thread creates the CUDA context
+ *   probe_device_prepare_model(m);     ... then uploads m (NULL: nothing)
+ *   probe_device_prepare_wait(...);    joins; its outcome (EX_UNAVAILABLE
+ *                                      without a usable GPU)
+ * The next probe_device_begin on m then finds the model on the device.
+ * No-ops on the CPU and in builds without the GPU engine.  m must not
+ * change until the wait; t_init / t_upload (may be NULL) receive the
+ * thread's seconds for each step. */
+void probe_device_prepare_start(ra_device dev);
+void probe_device_prepare_model(const ra_model *m);
+int probe_device_prepare_wait(double *t_init, double *t_upload, ra_error *err);
+/* 1 when dev's engine takes a model of ra_model_load_view (weights left in
+ * the checkpoint), 0 when it needs the fp32 weights. */
+int probe_device_takes_view(ra_device dev);
+
 /* Spearman rank correlation of a and b over n values (average ranks for
  * ties); NaN when either is constant. */
 double probe_spearman(const float *a, const float *b, int n);

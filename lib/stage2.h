@@ -64,6 +64,22 @@ const double *ra_stage2_layer_losses(const ra_stage2 *s);
 int ra_stage2_write(const ra_stage2 *s, const char *path, ra_dtype dtype, const json_t *provenance, char *content_id,
                     ra_error *err);
 
+/* The same stage on the GPU (kernels/model_train_cuda.h's stage-2 mode):
+ * fills st->ctx, st->micro_step, st->eval and st->device for the driver;
+ * optim holds the parameters ra_stage2_register registered (a CPU stage
+ * made for a 1 × 1 batch serves for that and for ra_stage2_write).
+ * EX_UNAVAILABLE without CUDA or a GPU or for an unsupported shape,
+ * EX_OSERR when the GPU lacks memory.  Implemented in
+ * lib/model_train_device.c. */
+struct ra_train_stage;
+typedef struct ra_stage2_device ra_stage2_device;
+int ra_stage2_device_create(ra_stage2_device **out, struct ra_train_stage *st, const ra_model *teacher,
+                            ra_model *student, const int *layers, int n_layers, ra_optim *optim, int B, int T,
+                            ra_error *err);
+void ra_stage2_device_free(ra_stage2_device *d);
+/* Device memory high-water mark in bytes (as ra_stage3_device_peak_bytes). */
+size_t ra_stage2_device_peak_bytes(const ra_stage2_device *d);
+
 /* The dtype of the tensors of a model stream (its first tensor), for
  * writing parts that ra-merge accepts; an HF directory or a stream without
  * tensors gives f32. */

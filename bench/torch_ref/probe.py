@@ -20,8 +20,10 @@ Two commands:
         never looks at the padding), log-softmax in fp32 at the scored
         positions, then accuracy (argmax candidate == correct, or top-1 for
         last-token) and the correct answer's log-probability, exactly as
-        ra-probe scores them; restore the columns.  --heads N times only the
-        first N heads (the per-head figure is what matters).
+        ra-probe scores them; restore the columns.  --heads N times only N
+        evenly spaced heads (every (L*H/N)-th in layer-major order: each
+        costs one full forward whichever it is, so the per-head figure is
+        what matters; 0 = all).
 
 Ends with one "RESULT key=value ..." line; the per-head drops go to --out.
 """
@@ -131,7 +133,9 @@ def run(args):
     base_acc = sum(c for _, c in base) / N
     base_lp = sum(l for l, _ in base) / N
 
-    heads = [(l, h) for l in range(L) for h in range(H)][: args.heads or L * H]
+    every = [(l, h) for l in range(L) for h in range(H)]
+    n = min(args.heads, L * H) if args.heads > 0 else L * H
+    heads = [every[k * len(every) // n] for k in range(n)]  # evenly spaced
     acc_drop = [[None] * H for _ in range(L)]
     lp_drop = [[None] * H for _ in range(L)]
     torch.cuda.synchronize()

@@ -142,10 +142,13 @@ names() { ra-show --json "$1" | jq -r '.tensors[].name'; }
     [ ! -e "$T/x.ra" ]
 }
 
-@test "--device cuda is not available yet (exit 69)" {
+@test "--device cuda without CUDA or a GPU exits 69 with a clear message" {
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then skip "a GPU is present"; fi
     run ra-mohawk2 "${C[@]}" --device cuda -o "$T/x.ra"
     assert_failure 69
     assert_output --partial "--device cuda"
+    assert_output --partial "use --device cpu"
+    [ ! -e "$T/x.ra" ]
 }
 
 @test "missing inputs exit 66" {

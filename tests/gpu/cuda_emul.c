@@ -61,6 +61,9 @@ void cuda_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, src, by
 void cuda_download(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 void cuda_copy(void *dst, const void *src, size_t bytes) { memmove(dst, src, bytes); }
 void cuda_upload_bf16(uint16_t *dst, const float *src, size_t n) { from_f32(dst, src, n); }
+void cuda_upload_bf16_from(uint16_t *dst, size_t n, void (*fill)(uint16_t *, size_t, size_t, void *), void *arg) {
+    fill(dst, 0, n, arg);
+}
 void cuda_download_bf16(float *dst, const uint16_t *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = ra_bf16_to_f32(src[i]);
 }

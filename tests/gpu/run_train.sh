@@ -27,7 +27,8 @@ say() { summary+=("$1"); echo "$1"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1
 t0=$(date +%s)
-make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-graft $H/mk-hf $H/ra-testdata $H/test_gpu_train \
+make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-mohawk2 bin/ra-graft bin/ra-rank $H/mk-hf $H/mk-scores $H/ra-testdata \
+    $H/test_gpu_train \
     >"$OUT/build.log" 2>&1 || { grep -E 'error' "$OUT/build.log" | head -n 40; say "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1; }
 say "build: ok ($(( $(date +%s) - t0 )) s)"
 
@@ -81,9 +82,50 @@ bench() { # name layers hidden heads kv hd inter vocab batch seq steps
         'NR==12 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 11..%d), loss %s", ($2-t0)/($7-e0), $1, $3}' \
         "$W/$name.tsv"), peak $(( ${peak:-0} / 1048576 )) MiB"
 }
+# stage 3 (kd) of a hybrid student of teacher $1 (an HF dir) keeping $2 heads (top scores), layout $3,
+# d_state $4, batch $5 x $6, $7 steps; extra env for ra-mohawk3 in $8
+kd_bench() {
+    local m=$1 name=$(basename "$1")-$2-$3-$4 L NH G hd tid
+    L=$(grep -o '"num_hidden_layers": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
+    NH=$(grep -o '"num_attention_heads": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
+    G=$(grep -o '"num_key_value_heads": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
+    hd=$(grep -o '"head_dim": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
+    tid=$($H/ra-testdata id "$m")
+    awk -v n=$((L * NH)) 'BEGIN { srand(3); for (i = 0; i < n; i++) printf "%.4f %.4f\n", rand(), rand() }' |
+        $H/mk-scores -L "$L" -H "$NH" -G "$G" -d "$hd" -i "$tid" -o "$W/$name-sc.ra"
+    ra-rank -q --top "$2" -o "$W/$name-plan.ra" "$W/$name-sc.ra"
+    ra-graft -q -m "$m" -p "$W/$name-plan.ra" --layout "$3" --d-state "$4" --dtype bf16 -o "$W/$name.ra"
+    local V
+    V=$(grep -o '"vocab_size": *[0-9]*' "$m/config.json" | grep -o '[0-9]*$')
+    mapfile -t D < <(docs "$V" 60 500 3000 13)
+    $H/ra-testdata tokens -o "$W/$name-tok.ra" "${D[@]}"
+    timeout 200 env $8 ra-mohawk3 -m "$m" -s "$W/$name.ra" -d "$W/$name-tok.ra" --device cuda --batch "$5" --seq-len "$6" \
+        --steps "$7" --lr 1e-5 --log "$W/$name.tsv" --dtype bf16 -o "$W/$name-out.ra" 2>"$OUT/bench-$name.log"
+    local rc=$? peak
+    peak=$(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-$name.log" | cut -d= -f2)
+    cp "$W/$name.tsv" "$OUT/bench-$name.tsv" 2>/dev/null
+    say "kd $name ($8; B$5 x T$6, $7 steps): exit $rc, $(awk -F'\t' \
+        'NR==4 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 3..%d), loss %s", ($2-t0)/($7-e0), $1, $3}' \
+        "$W/$name.tsv"), peak $(( ${peak:-0} / 1048576 )) MiB"
+    tail -n 3 "$OUT/bench-$name.log"
+}
 if [ -z "${SKIP_BENCH:-}" ]; then
     bench t256 8 256 8 4 32 688 8192 32 1024 50
     bench t512 8 512 8 4 64 1376 8192 16 1024 40
+    kd_bench "$W/t256" 6 routed 32 32 1024 20 RA_TRAIN_RECOMPUTE=0
+    # stage 2 on the same student, every layer
+    ra-mohawk2 -m "$W/t256" -s "$W/t256-6-routed-32.ra" -d "$W/t256-6-routed-32-tok.ra" --device cuda --batch 32 \
+        --seq-len 1024 --steps 12 --lr 1e-4 --log "$W/s2.tsv" -o "$W/s2.ra" 2>"$OUT/bench-s2.log"
+    rc=$?
+    cp "$W/s2.tsv" "$OUT/bench-s2.tsv" 2>/dev/null
+    say "stage 2 t256 routed, layers 0-7 (B32 x T1024, 12 steps): exit $rc, $(awk -F'\t' \
+        'NR==4 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 3..%d), loss %s -> %s", ($2-t0)/($7-e0), $1, first, $3} NR==2 {first=$3}' \
+        "$W/s2.tsv"), $(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-s2.log")"
+    # the Llama-3.2-1B shape (random weights), B 4 x T 2048: DESIGN §8's stage-3 step
+    $H/mk-hf --layers 16 --hidden 2048 --heads 32 --kv-heads 8 --head-dim 64 --inter 8192 --vocab 128256 \
+        --llama3-rope --tied --seed 7 "$W/l1b" >/dev/null
+    kd_bench "$W/l1b" 10 routed 64 4 2048 8 RA_TRAIN_RECOMPUTE=1
+    kd_bench "$W/l1b" 10 parallel 8 4 2048 8 RA_TRAIN_RECOMPUTE=1
 fi
 echo "== summary"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"

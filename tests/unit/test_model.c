@@ -288,6 +288,99 @@ TEST(wrong_dtype_and_missing_inputs) {
     ra_model_free(m);
 }
 
+/* ra_model_load_view: the same model as ra_model_load but with every weight
+ * left in the checkpoint; each entry, as bf16 (ra_model_view_to_bf16, split
+ * at odd offsets), equals ra_f32_to_bf16 of the fp32 load's weight (bf16,
+ * f16, f32 storage, sharded, tied and untied); the content id, computed on
+ * request, equals the documented one; a model stream loads in full. */
+TEST(view_leaves_weights_in_the_checkpoint) {
+    static const struct { int qwen, tied, shards; ra_dtype dtype; } cases[] = {
+        {0, 0, 1, RA_BF16}, {1, 1, 2, RA_BF16}, {0, 1, 3, RA_F16}, {1, 0, 1, RA_F32}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        hf_config c = tiny_config(cases[k].qwen, cases[k].tied);
+        ra_model *m = random_model(&c, 10 + k);
+        char dir[300], name[32];
+        snprintf(name, sizeof name, "view%zu", k);
+        subdir(dir, sizeof dir, name);
+        save_hf(m, dir, cases[k].dtype, cases[k].shards, NULL);
+        ra_model *full = NULL, *v = NULL;
+        ra_error err = {0};
+        EXPECT_EQ_INT(ra_model_load(dir, &full, &err), 0);
+        EXPECT_EQ_INT(ra_model_load_view(dir, &v, &err), 0);
+        if (!full || !v) {
+            ra_model_free(full), ra_model_free(v), ra_model_free(m);
+            continue;
+        }
+        EXPECT(v->view != NULL);
+        EXPECT_STR(v->content_id, "");
+        ra_model_tensor *t;
+        int n = ra_model_tensor_list(v, &t), bad = 0, unset = 0;
+        ra_model_tensor *tf;
+        ra_model_tensor_list(full, &tf);
+        EXPECT_EQ_INT(v->view->n, n);
+        for (int i = 0; i < n && i < v->view->n; i++) {
+            const ra_model_view_entry *e = &v->view->e[i];
+            EXPECT(e->slot == t[i].data && e->numel == numel(&t[i]) && e->dtype == cases[k].dtype);
+            unset += *t[i].data != NULL;
+            size_t ne = (size_t)e->numel, cut = ne / 3 + 1 < ne ? ne / 3 + 1 : ne;
+            uint16_t *got = malloc(ne * sizeof(uint16_t) + 2);
+            ra_model_view_to_bf16(got, e, 0, cut);
+            ra_model_view_to_bf16(got + cut, e, cut, ne - cut);
+            for (size_t j = 0; j < ne; j++) bad += got[j] != ra_f32_to_bf16((*tf[i].data)[j]);
+            free(got);
+        }
+        printf("# case %zu: %d entries, %d values differ from the fp32 load's bf16, %d weights set\n", k, n, bad, unset);
+        EXPECT_EQ_INT(bad, 0);
+        EXPECT_EQ_INT(unset, 0);
+        EXPECT(cases[k].tied ? v->lm_head == v->embed : 1);
+        ra_model_view_content_id(v);
+        EXPECT_STR(v->content_id, full->content_id);
+        char want[33];
+        documented_id(dir, want);
+        EXPECT_STR(v->content_id, want);
+        free(t), free(tf);
+        ra_model_free(full), ra_model_free(v);
+        if (k == 0) { /* a model stream: loaded in full */
+            char path[300];
+            subdir(path, sizeof path, "view.ra");
+            EXPECT_EQ_INT(ra_model_write_stream(m, path, RA_BF16, NULL, NULL, &err), 0);
+            EXPECT_EQ_INT(ra_model_load_view(path, &v, &err), 0);
+            if (v) EXPECT(v->view == NULL && v->embed != NULL && v->content_id[0]);
+            ra_model_free(v);
+        }
+        ra_model_free(m);
+    }
+}
+
+/* ra_model_view_to_bf16 over many blocks (split over the cores), from
+ * unaligned sources, at odd offsets: every dtype against the scalar
+ * conversions. */
+TEST(view_to_bf16_large_unaligned) {
+    size_t n = 300007;
+    float *x = malloc(n * sizeof(float));
+    test_seed(77);
+    test_fill(x, n, 3);
+    ra_dtype types[3] = {RA_BF16, RA_F16, RA_F32};
+    for (int k = 0; k < 3; k++) {
+        size_t es = ra_dtype_size(types[k]);
+        unsigned char *raw = malloc(n * es + 3);
+        ra_convert_from_f32(raw + 1, types[k], x, n); /* +1: unaligned, as in a checkpoint */
+        ra_model_view_entry e = {NULL, types[k], raw + 1, (int64_t)n};
+        uint16_t *got = malloc(n * sizeof(uint16_t));
+        size_t off = 70001;
+        ra_model_view_to_bf16(got + off, &e, off, n - off);
+        ra_model_view_to_bf16(got, &e, 0, off);
+        float *f = malloc(n * sizeof(float));
+        ra_convert_to_f32(f, raw + 1, types[k], n);
+        size_t bad = 0;
+        for (size_t j = 0; j < n; j++) bad += got[j] != ra_f32_to_bf16(f[j]);
+        printf("# %s: %zu of %zu differ\n", ra_dtype_name(types[k]), bad, n);
+        EXPECT_EQ_INT((int)bad, 0);
+        free(raw), free(got), free(f);
+    }
+    free(x);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/ra-test-model-XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
@@ -296,6 +389,8 @@ int main(void) {
     RUN(extra_tensors_warn_inv_freq_does_not);
     RUN(model_stream_round_trips_with_its_digest_as_id);
     RUN(wrong_dtype_and_missing_inputs);
+    RUN(view_leaves_weights_in_the_checkpoint);
+    RUN(view_to_bf16_large_unaligned);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmpdir);
