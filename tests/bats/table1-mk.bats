@@ -44,8 +44,10 @@ setup() {
 }
 
 # The pipeline with CI budgets; extra arguments go to make.
+# (MAKEFLAGS/MAKELEVEL cleared: under `make test` the outer make's would add
+# "Entering directory" lines and its flags)
 mk() {
-    make -f "$ROOT/pipelines/table1.mk" TEACHER="$TEACHER" OUT="${OUT_DIR:-$O}" REPORT="$REP" DEVICE=cpu JOBS=1 \
+    MAKEFLAGS= MFLAGS= MAKELEVEL= make --no-print-directory -f "$ROOT/pipelines/table1.mk" TEACHER="$TEACHER" OUT="${OUT_DIR:-$O}" REPORT="$REP" DEVICE=cpu JOBS=1 \
         WORDS="$ROOT/tests/fixtures/words.txt" PROBE_PAIRS=4 PROBE_SAMPLES=8 SEQ_LEN=32 BATCH=2 \
         S2_TOKENS=128 S3_TOKENS=128 EVAL_PAIRS=2,4 EVAL_SAMPLES=4 MEM_LENGTHS=128,2048,4096 \
         SPEED_FLAGS="--max-batch 1 --prompt-len 8 --gen-len 4" DATA_KV_DOCS=40 DATA_HELDOUT_DOCS=8 "$@"
