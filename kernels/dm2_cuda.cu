@@ -31,13 +31,28 @@ extern "C" void cuda_dm2_conv_forward(uint16_t *out, int ld_out, const uint16_t 
                starts, B, T, C);
 }
 
+extern "C" size_t cuda_dm2_sums_workspace_bytes(int64_t rows, int cols) {
+    if (rows <= 0 || cols <= 0) return 0;
+    return sizeof(float) * (size_t)dm2k_max_row_blocks(rows) * (DM2K_K + 1) * (size_t)cols;
+}
+
+/* out (+=) from the partials of a backward over `rows` rows. */
+static void sum_parts(float *dw, float *dbias, const float *part, int64_t rows, int C, int taps) {
+    const int ncols = (taps + 1) * C;
+    SSD_LAUNCH(dm2k_sum_parts_kernel, (ncols + 31) / 32, 1, DM2K_THREADS, 0, dw, dbias, part, dm2k_row_blocks(rows), C,
+               taps);
+}
+
 extern "C" void cuda_dm2_conv_backward(uint16_t *din, int ld_din, float *dw, float *dbias, const uint16_t *dout,
                                        int ld_dout, const uint16_t *in, int ld_in, const float *w,
-                                       const uint8_t *starts, int B, int T, int C) {
+                                       const uint8_t *starts, int B, int T, int C, void *workspace) {
     int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
-    SSD_LAUNCH(dm2k_conv_bwd_kernel, (C + 31) / 32, (BT + DM2K_ROWS - 1) / DM2K_ROWS, DM2K_THREADS, 0, (bf16 *)din,
-               ld_din, dw, dbias, (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w, starts, B, T, C);
+    float *part = (float *)(workspace ? workspace : cuda_malloc(cuda_dm2_sums_workspace_bytes(BT, C)));
+    SSD_LAUNCH(dm2k_conv_bwd_kernel, (C + 31) / 32, dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din, ld_din, part,
+               dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w, starts, B, T, C);
+    sum_parts(dw, dbias, part, BT, C, DM2K_K);
+    if (!workspace) cuda_free(part);
 }
 
 extern "C" void cuda_dm2_decay_forward(float *a, const uint16_t *A_log, int ld, int64_t rows, int H) {
@@ -61,11 +76,15 @@ extern "C" void cuda_dm2_gate_forward(uint16_t *yg, const uint16_t *y, const uin
 
 extern "C" void cuda_dm2_gate_backward(uint16_t *dy, uint16_t *dz, int ld_dz, float *dz_bias, const uint16_t *dyg,
                                        const uint16_t *y, const uint16_t *z, int ld_z, const float *z_bias,
-                                       int64_t rows, int inner) {
+                                       int64_t rows, int inner, void *workspace) {
     if (rows * inner <= 0) return;
-    SSD_LAUNCH(dm2k_gate_bwd_kernel, (inner + 31) / 32, (rows + DM2K_ROWS - 1) / DM2K_ROWS, DM2K_THREADS, 0,
-               (bf16 *)dy, (bf16 *)dz, ld_dz, dz_bias, (const bf16 *)dyg, (const bf16 *)y, (const bf16 *)z, ld_z,
-               z_bias, rows, inner);
+    float *part = NULL;
+    if (dz_bias) part = (float *)(workspace ? workspace : cuda_malloc(cuda_dm2_sums_workspace_bytes(rows, inner)));
+    SSD_LAUNCH(dm2k_gate_bwd_kernel, (inner + 31) / 32, dm2k_row_blocks(rows), DM2K_THREADS, 0, (bf16 *)dy,
+               (bf16 *)dz, ld_dz, part, dm2k_rows_per_block(rows), (const bf16 *)dyg, (const bf16 *)y,
+               (const bf16 *)z, ld_z, z_bias, rows, inner);
+    if (dz_bias) sum_parts(NULL, dz_bias, part, rows, inner, 0);
+    if (dz_bias && !workspace) cuda_free(part);
 }
 
 extern "C" void cuda_dm2_conv_state_from_prompt(float *conv_state, const uint16_t *proj, int ld,

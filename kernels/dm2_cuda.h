@@ -8,8 +8,9 @@
  * of the fused in_proj output can be used in place; the small per-channel
  * parameters (conv w [C,4], conv bias [C], D [Hs], z_bias [Hs·P]) fp32, and
  * their gradients fp32, ACCUMULATED (+=) like the CPU twins (callers zero
- * them once per optimiser step; the sums go through atomicAdd, so their
- * order, and the last bits, vary from run to run).  Activation gradients
+ * them once per optimiser step).  Every sum runs in a fixed order (per-block
+ * partials in a workspace, then added up in block order; no atomics), so
+ * the same inputs give the same bits on every run.  Activation gradients
  * (din, dA_log, dy, dz) are bf16 and overwritten.  Everything sums in fp32.
  * Decode states are fp32 in the CPU layout (dm2.h: ssm [B,Hs,P,N], conv
  * [B,conv_dim,4] oldest first), so a cache moves between backends with a copy.
@@ -32,9 +33,16 @@ extern "C" {
  * document start (or t = 0) read 0.  bias may be NULL. */
 void cuda_dm2_conv_forward(uint16_t *out, int ld_out, const uint16_t *in, int ld_in, const float *w, const float *bias,
                            const uint8_t *starts, int B, int T, int C);
-/* Overwrites din; accumulates dw [C,4] and dbias [C] (dbias may be NULL). */
+/* Device bytes of the workspace of a conv or gate backward over `rows`
+ * rows (B·T) and `cols` channels; enough for any smaller rows and cols. */
+size_t cuda_dm2_sums_workspace_bytes(int64_t rows, int cols);
+
+/* Overwrites din; accumulates dw [C,4] and dbias [C] (dbias may be NULL).
+ * workspace: cuda_dm2_sums_workspace_bytes(B·T, C) device bytes for the
+ * partial sums, or NULL to have the call allocate one (which synchronises). */
 void cuda_dm2_conv_backward(uint16_t *din, int ld_din, float *dw, float *dbias, const uint16_t *dout, int ld_dout,
-                            const uint16_t *in, int ld_in, const float *w, const uint8_t *starts, int B, int T, int C);
+                            const uint16_t *in, int ld_in, const float *w, const uint8_t *starts, int B, int T, int C,
+                            void *workspace);
 
 /* a[r,h] = −softplus(A_log[r·ld + h]), a fp32 [rows, H]. */
 void cuda_dm2_decay_forward(float *a, const uint16_t *A_log, int ld, int64_t rows, int H);
@@ -45,10 +53,12 @@ void cuda_dm2_decay_backward(uint16_t *dA_log, int ld_d, const float *da, const 
 /* yg[r,i] = y[r,i] · silu(z[r·ld_z + i] + z_bias[i]); y, yg contiguous [rows, inner]. */
 void cuda_dm2_gate_forward(uint16_t *yg, const uint16_t *y, const uint16_t *z, int ld_z, const float *z_bias,
                            int64_t rows, int inner);
-/* Overwrites dy [rows, inner] and dz (rows ld_dz apart); accumulates dz_bias (may be NULL). */
+/* Overwrites dy [rows, inner] and dz (rows ld_dz apart); accumulates dz_bias
+ * (may be NULL).  workspace as for the conv: cuda_dm2_sums_workspace_bytes(rows,
+ * inner) bytes or NULL. */
 void cuda_dm2_gate_backward(uint16_t *dy, uint16_t *dz, int ld_dz, float *dz_bias, const uint16_t *dyg,
                             const uint16_t *y, const uint16_t *z, int ld_z, const float *z_bias, int64_t rows,
-                            int inner);
+                            int inner, void *workspace);
 
 /* ---- decode ---- */
 
@@ -110,7 +120,8 @@ typedef struct cuda_dm2_acts {
     float *a;                                  /* [B,T,Hs] */
     uint16_t *dproj, *dx, *dBm, *dCm, *dy, *dyg;
     float *da, *dD;
-    void *ws; /* cuda_ssd_chunked_workspace_bytes(backward) */
+    void *ws;      /* cuda_ssd_chunked_workspace_bytes(backward) */
+    void *sums_ws; /* cuda_dm2_sums_workspace_bytes(B·T, max(d_inner, n_groups·d_state)) */
 } cuda_dm2_acts;
 
 cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cfg, ra_error *err);

@@ -5,13 +5,35 @@
  *
  * Activations are bf16, the small per-channel parameters (conv w and bias,
  * D, z_bias) fp32, their gradients fp32 accumulated (+=) like the CPU twins,
- * every sum in fp32. */
+ * every sum in fp32 and in a fixed order (no atomics). */
 #ifndef RA_DM2_KERNELS_CUH
 #define RA_DM2_KERNELS_CUH
 
-#define DM2K_K 4         /* conv taps */
-#define DM2K_ROWS 64     /* rows of the conv backward block */
-#define DM2K_THREADS 256 /* 32 channels × 8 row lanes */
+#define DM2K_K 4           /* conv taps */
+#define DM2K_ROWS 64       /* least rows of a conv / gate backward block */
+#define DM2K_MAX_PARTS 256 /* most row blocks (partial sums per column) of one backward */
+#define DM2K_THREADS 256   /* 32 channels × 8 row lanes */
+
+/* The conv and gate backwards sum their parameter gradients over rows
+ * without atomics, so that a run gives the same bits every time: each block
+ * of rows writes its column sums to a workspace of partials, and
+ * dm2k_sum_parts_kernel adds them up in row-block order.  Rows per block:
+ * DM2K_ROWS, or more (a multiple of 8) to keep ≤ DM2K_MAX_PARTS blocks. */
+static inline int dm2k_rows_per_block(int64_t rows) {
+    int64_t r = (rows + DM2K_MAX_PARTS - 1) / DM2K_MAX_PARTS;
+    r = (r + 7) / 8 * 8;
+    return r < DM2K_ROWS ? DM2K_ROWS : (int)r;
+}
+static inline int dm2k_row_blocks(int64_t rows) {
+    const int rpb = dm2k_rows_per_block(rows);
+    return (int)((rows + rpb - 1) / rpb);
+}
+/* An upper bound of dm2k_row_blocks that never decreases with rows (a
+ * workspace sized for some rows fits every smaller batch). */
+static inline int dm2k_max_row_blocks(int64_t rows) {
+    int64_t n = (rows + DM2K_ROWS - 1) / DM2K_ROWS;
+    return n < DM2K_MAX_PARTS ? (int)n : DM2K_MAX_PARTS;
+}
 
 __device__ __forceinline__ float dm2k_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float dm2k_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -38,12 +60,13 @@ static __global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *i
     }
 }
 
-/* grid (ceil(C/32), ceil(B·T/DM2K_ROWS)); thread (tx = channel, ty = row lane).
+/* grid (ceil(C/32), row blocks of rpb rows); thread (tx = channel, ty = row lane).
  * din[r, c] = Σ_k w[c, 3 − k] · dout[r + k, c] over the outputs r + k that
- * reach back to r; dw, dbias += the block's sums (one atomicAdd per block). */
+ * reach back to r; the block's sums of the weight and bias gradients go to
+ * part[(blockIdx.y·(DM2K_K + 1) + j)·C + c] (j = tap, DM2K_K = bias). */
 static __global__ void __launch_bounds__(DM2K_THREADS)
-    dm2k_conv_bwd_kernel(bf16 *din, int ld_din, float *dw, float *dbias, const bf16 *dout, int ld_dout,
-                         const bf16 *in, int ld_in, const float *w, const uint8_t *starts, int B, int T, int C) {
+    dm2k_conv_bwd_kernel(bf16 *din, int ld_din, float *part, int rpb, const bf16 *dout, int ld_dout, const bf16 *in,
+                         int ld_in, const float *w, const uint8_t *starts, int B, int T, int C) {
 #ifndef SSD_SIM
     __shared__ float red[8][32][DM2K_K + 1];
 #else
@@ -51,12 +74,12 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
 #endif
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
     const int c = blockIdx.x * 32 + tx;
-    const int64_t BT = (int64_t)B * T, r0 = (int64_t)blockIdx.y * DM2K_ROWS;
+    const int64_t BT = (int64_t)B * T, r0 = (int64_t)blockIdx.y * rpb;
     float gw[DM2K_K] = {0, 0, 0, 0}, gb = 0.0f;
     if (c < C) {
         float wc[DM2K_K];
         for (int j = 0; j < DM2K_K; j++) wc[j] = w[c * DM2K_K + j];
-        for (int64_t bt = r0 + ty; bt < r0 + DM2K_ROWS && bt < BT; bt += 8) {
+        for (int64_t bt = r0 + ty; bt < r0 + rpb && bt < BT; bt += 8) {
             const int t = (int)(bt % T);
             /* as an output: the weight and bias gradients */
             const float g = ssd_bf2f(dout[bt * ld_dout + c]);
@@ -79,8 +102,37 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
         float s[DM2K_K + 1] = {0, 0, 0, 0, 0};
         for (int k = 0; k < 8; k++)
             for (int j = 0; j <= DM2K_K; j++) s[j] += red[k][tx][j];
-        for (int j = 0; j < DM2K_K; j++) atomicAdd(&dw[c * DM2K_K + j], s[j]);
-        if (dbias) atomicAdd(&dbias[c], s[DM2K_K]);
+        for (int j = 0; j <= DM2K_K; j++) part[((int64_t)blockIdx.y * (DM2K_K + 1) + j) * C + c] = s[j];
+    }
+}
+
+/* grid ceil(ncols/32), DM2K_THREADS threads; ncols = (taps + 1)·C columns of
+ * nparts rows of partials part[y·ncols + j·C + c].  Column j < taps adds to
+ * dw[c·taps + j], column j = taps to dbias[c] (skipped when NULL).  Row lane
+ * ty sums the rows y ≡ ty (mod 8) in order, then lane 0 the 8 lane sums in
+ * order: a fixed order, so the same bits on every run. */
+static __global__ void __launch_bounds__(DM2K_THREADS)
+    dm2k_sum_parts_kernel(float *dw, float *dbias, const float *part, int nparts, int C, int taps) {
+#ifndef SSD_SIM
+    __shared__ float red[8][32];
+#else
+    float(*red)[32] = reinterpret_cast<float(*)[32]>(sim_static_smem<float>(0));
+#endif
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, ncols = (taps + 1) * C;
+    const int k = blockIdx.x * 32 + tx;
+    float s = 0.0f;
+    if (k < ncols)
+        for (int y = ty; y < nparts; y += 8) s += part[(int64_t)y * ncols + k];
+    red[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && k < ncols) {
+        float v = 0.0f;
+        for (int q = 0; q < 8; q++) v += red[q][tx];
+        const int j = k / C, c = k - j * C;
+        if (j < taps)
+            dw[c * taps + j] += v;
+        else if (dbias)
+            dbias[c] += v;
     }
 }
 
@@ -115,10 +167,12 @@ static __global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 
     }
 }
 
-/* grid (ceil(inner/32), ceil(rows/DM2K_ROWS)), thread (tx = column, ty = row lane):
- * dy = dyg · silu(v), dz = dyg · y · σ(v)(1 + v(1 − σ(v))), dz_bias += Σ_rows dz. */
+/* grid (ceil(inner/32), row blocks of rpb rows), thread (tx = column, ty = row lane):
+ * dy = dyg · silu(v), dz = dyg · y · σ(v)(1 + v(1 − σ(v))); the block's
+ * column sums of dz go to part[blockIdx.y·inner + c] (for dz_bias; part may
+ * be NULL). */
 static __global__ void __launch_bounds__(DM2K_THREADS)
-    dm2k_gate_bwd_kernel(bf16 *dy, bf16 *dz, int ld_dz, float *dz_bias, const bf16 *dyg, const bf16 *y,
+    dm2k_gate_bwd_kernel(bf16 *dy, bf16 *dz, int ld_dz, float *part, int rpb, const bf16 *dyg, const bf16 *y,
                          const bf16 *z, int ld_z, const float *z_bias, int64_t rows, int inner) {
 #ifndef SSD_SIM
     __shared__ float red[8][32];
@@ -126,11 +180,11 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
     float(*red)[32] = reinterpret_cast<float(*)[32]>(sim_static_smem<float>(0));
 #endif
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, c = blockIdx.x * 32 + tx;
-    const int64_t r0 = (int64_t)blockIdx.y * DM2K_ROWS;
+    const int64_t r0 = (int64_t)blockIdx.y * rpb;
     float sum = 0.0f;
     if (c < inner) {
         const float zb = z_bias[c];
-        for (int64_t r = r0 + ty; r < r0 + DM2K_ROWS && r < rows; r += 8) {
+        for (int64_t r = r0 + ty; r < r0 + rpb && r < rows; r += 8) {
             const int64_t i = r * inner + c;
             const float v = ssd_bf2f(z[r * ld_z + c]) + zb, sg = dm2k_sigmoid(v), g = ssd_bf2f(dyg[i]);
             const float gz = g * ssd_bf2f(y[i]) * sg * (1.0f + v * (1.0f - sg));
@@ -141,10 +195,10 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
     }
     red[ty][tx] = sum;
     __syncthreads();
-    if (ty == 0 && c < inner && dz_bias) {
+    if (ty == 0 && c < inner && part) {
         float s = 0.0f;
         for (int k = 0; k < 8; k++) s += red[k][tx];
-        atomicAdd(&dz_bias[c], s);
+        part[(int64_t)blockIdx.y * inner + c] = s;
     }
 }
 

@@ -82,6 +82,8 @@ extern "C" cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cf
         {(void **)&s->dyg, BT * L.inner * 2, "dm2 gated output gradient"},
         {(void **)&s->dD, (size_t)L.H * 4, "dm2 dD"},
         {&s->ws, cuda_ssd_chunked_workspace_bytes(&d, chunk_of(cfg), 1), "dm2 SSD workspace"},
+        {&s->sums_ws, cuda_dm2_sums_workspace_bytes((int64_t)BT, L.inner > L.gn ? L.inner : L.gn),
+         "dm2 gradient partial sums"},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (cuda_malloc_try(bufs[i].p, bufs[i].bytes, bufs[i].what, err)) {
@@ -95,7 +97,7 @@ extern "C" void cuda_dm2_acts_free(cuda_dm2_acts *s) {
     if (!s) return;
     cuda_free(s->proj), cuda_free(s->dproj), cuda_free(s->x), cuda_free(s->dx), cuda_free(s->Bm), cuda_free(s->dBm);
     cuda_free(s->Cm), cuda_free(s->dCm), cuda_free(s->a), cuda_free(s->da), cuda_free(s->y), cuda_free(s->dy);
-    cuda_free(s->yg), cuda_free(s->dyg), cuda_free(s->dD), cuda_free(s->ws);
+    cuda_free(s->yg), cuda_free(s->dyg), cuda_free(s->dD), cuda_free(s->ws), cuda_free(s->sums_ws);
     free(s);
 }
 
@@ -139,16 +141,16 @@ static void backward_to_input(cuda_dm2_grads *g, uint16_t *du, cuda_dm2_acts *s,
     cuda_dm2_decay_backward(s->dproj + L.off_A, L.in_dim, s->da, s->proj + L.off_A, L.in_dim, BT, L.H);
     if (with_x)
         cuda_dm2_conv_backward(s->dproj, L.in_dim, g->conv_w, g->conv_b, s->dx, L.inner, s->proj, L.in_dim, p->conv_w,
-                               starts, s->B, s->T, L.inner);
+                               starts, s->B, s->T, L.inner, s->sums_ws);
     else
         CUDA_CHECK(cudaMemset2DAsync(s->dproj, (size_t)L.in_dim * 2, 0, (size_t)L.inner * 2, (size_t)BT,
                                      ra_cuda_stream));
     cuda_dm2_conv_backward(s->dproj + L.off_B, L.in_dim, g->conv_w + (size_t)L.off_B * DM2_CONV_K, g->conv_b + L.off_B,
                            s->dBm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (size_t)L.off_B * DM2_CONV_K, starts,
-                           s->B, s->T, L.gn);
+                           s->B, s->T, L.gn, s->sums_ws);
     cuda_dm2_conv_backward(s->dproj + L.off_C, L.in_dim, g->conv_w + (size_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
                            s->dCm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (size_t)L.off_C * DM2_CONV_K, starts,
-                           s->B, s->T, L.gn);
+                           s->B, s->T, L.gn, s->sums_ws);
     /* dW_in += dprojᵀ u;  du += dproj W_in */
     gemm_rm(true, false, L.in_dim, c->d_model, (int)BT, s->dproj, L.in_dim, u, c->d_model, 1.0f, g->in_proj_w, true,
             c->d_model);
@@ -176,7 +178,7 @@ extern "C" void cuda_dm2_backward(cuda_dm2_grads *g, uint16_t *du, const uint16_
         dyg = s->dyg;
     }
     cuda_dm2_gate_backward(s->dy, s->dproj + L.off_z, L.in_dim, g->z_bias, dyg, s->y, s->proj + L.off_z, L.in_dim,
-                           p->z_bias, BT, L.inner);
+                           p->z_bias, BT, L.inner, s->sums_ws);
     ssd_dims d = dm2_ssd_dims(c, s->B, s->T);
     /* s->ws still holds the chunk states of the forward on these acts */
     cuda_ssd_chunked_backward_after_forward(s->dx, s->dBm, s->dCm, s->da, s->dD, NULL, s->dy, s->x, s->Bm, s->Cm, s->a,

@@ -327,7 +327,7 @@ struct ssd_smem {
     static constexpr size_t outer = (size_t)SSD_QMAX * (LX + LB) * 2 + SSD_QMAX * 12;
     static constexpr size_t scan = (size_t)SSD_QMAX * (LX + 2 * LB) * 2 + (size_t)PP * LB * 2 + SSD_QMAX * 8;
     static constexpr size_t bwd =
-        (size_t)SSD_QMAX * (2 * LX + 2 * LB) * 2 + (size_t)2 * PP * LB * 2 + SSD_QMAX * 12 + 32 * 4;
+        (size_t)SSD_QMAX * (2 * LX + 2 * LB) * 2 + (size_t)2 * PP * LB * 2 + SSD_QMAX * 12 + (32 + 16) * 4;
 };
 
 /* ---- chunk_outer: out[p][n] = Σ_s U[s][p] coef[s] V[s][n] ----------------------
@@ -609,6 +609,7 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const
     int *sF = reinterpret_cast<int *>(sP + SSD_QMAX);
     float *sDP = reinterpret_cast<float *>(sF + SSD_QMAX); /* ∂loss/∂P[l] */
     float *scratch = sDP + SSD_QMAX;                       /* 32 */
+    float *sLast = scratch + 32; /* 16: the parts of dP[last] from other rows (see below) */
 
     const int c = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H, g = h / (p.H / p.G);
     const int t0 = c * p.Q, Qv = min(p.Q, p.T - t0), nb = (Qv + 15) >> 4, last = Qv - 1;
@@ -625,14 +626,22 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const
     if (has_state) ssd_load_state<PP, NP>(sS, p.states + ((int64_t)bh * p.nc + c) * PN, p.P, p.N);
     if (has_next) ssd_load_state<PP, NP>(sdS, p.dstates + ((int64_t)bh * p.nc + c) * PN, p.P, p.N);
     for (int r = tid; r < SSD_QMAX; r += blockDim.x) sDP[r] = 0.0f;
+    if (tid < 16) sLast[tid] = 0.0f;
     __syncthreads();
+
+    /* Determinism: no atomics.  Row r of sDP is written only by the one lane
+     * that owns it in both passes (t4 = 0 of the row's quad in warp
+     * ssd_owner(r / 16)), in program order.  dP[last] also collects terms from
+     * every row block (the end-state weights) and the dγ term: those go to
+     * sLast[i] (row block i, a fixed warp-wide tree sum) and sLast[8], and
+     * thread 0 adds them to sDP[last] in index order before the scan. */
 
     if (has_next && warp == 1) { /* dγ·γ at the last row */
         float v = 0.0f;
         for (int k = lane; k < p.dgam_blocks; k += 32) v += p.dgam[((int64_t)bh * p.nc + c) * p.dgam_blocks + k];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(SSD_FULL, v, o);
-        if (lane == 0) atomicAdd(&sDP[last], v * ssd_dec(sP, sF, last));
+        if (lane == 0) sLast[8] = v * ssd_dec(sP, sF, last);
     }
 
     const float Dh = p.D[h];
@@ -740,12 +749,11 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const
             }
         }
 
-        dpA = ssd_quad_sum(dpA), dpB = ssd_quad_sum(dpB), dp_last = ssd_quad_sum(dp_last);
-        if (t4 == 0) {
-            atomicAdd(&sDP[rA], dpA);
-            atomicAdd(&sDP[rB], dpB);
-            if (has_next) atomicAdd(&sDP[last], dp_last);
-        }
+        dpA = ssd_quad_sum(dpA), dpB = ssd_quad_sum(dpB);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dp_last += __shfl_xor_sync(SSD_FULL, dp_last, o);
+        if (t4 == 0) sDP[rA] += dpA, sDP[rB] += dpB;
+        if (lane == 0 && has_next) sLast[i] = dp_last;
 #pragma unroll
         for (int j = 0; j < PP / 8; j++) {
             const int col = j * 8 + 2 * t4;
@@ -841,10 +849,7 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const
             }
         }
         dpA = ssd_quad_sum(dpA), dpB = ssd_quad_sum(dpB);
-        if (t4 == 0) {
-            atomicAdd(&sDP[rA], dpA);
-            atomicAdd(&sDP[rB], dpB);
-        }
+        if (t4 == 0) sDP[rA] += dpA, sDP[rB] += dpB;
         ssd_store_dbc<PP, NP>(p, dC16, p.dCf, tok0, g, h, Qv, rA, rB, t4, dca);
     }
 
@@ -854,8 +859,13 @@ static __global__ void __launch_bounds__(SSD_THREADS) ssd_chunk_bwd_kernel(const
         int r = e / PP, col = e - r * PP;
         dd += ssd_bf2f(sdY[r * LX + col]) * ssd_bf2f(sX[r * LX + col]);
     }
-    dd = ssd_block_sum(dd, scratch); /* its barriers also complete the sDP sums */
-    if (tid == 0) p.dD_part[(int64_t)bh * p.nc + c] = dd;
+    dd = ssd_block_sum(dd, scratch); /* its barriers also complete the sDP and sLast writes */
+    if (tid == 0) {
+        p.dD_part[(int64_t)bh * p.nc + c] = dd;
+        float v = 0.0f;
+        for (int k = 0; k <= 8; k++) v += sLast[k];
+        sDP[last] += v;
+    }
     __syncthreads();
 
     /* -- da[k] = Σ_{l=k}^{next start−1} dP[l], 0 at a start -- */

@@ -105,7 +105,7 @@ static void check_conv(int B, int T, int C, int ld_in, int docs) {
     float *d_dw = dev_copy(dw0, (size_t)C * 16), *d_db = dev_copy(db0, (size_t)C * 4);
     uint8_t *d_st = dev_copy(starts, BT);
     cuda_dm2_conv_forward(d_out, C, d_in, ld_in, d_w, d_b, d_st, B, T, C);
-    cuda_dm2_conv_backward(d_din, ld_in, d_dw, d_db, d_dout, C, d_in, ld_in, d_w, d_st, B, T, C);
+    cuda_dm2_conv_backward(d_din, ld_in, d_dw, d_db, d_dout, C, d_in, ld_in, d_w, d_st, B, T, C, NULL);
     float *out = host_bf16(d_out, BT * C), *din_all = host_bf16(d_din, BT * ld_in);
     float *dw = host_f32(d_dw, (size_t)C * 4), *db = host_f32(d_db, C);
     float *din = pack_cols(din_all, BT, ld_in, C), *din_r = pack_cols(din_ref, BT, ld_in, C);
@@ -131,6 +131,7 @@ TEST(conv_matches_cpu) {
     check_conv(2, 300, 4096 + 2 * 64, 2 * 4096 + 2 * 64 + 32, 1); /* Llama-1B x|B|C inside the fused proj row */
     check_conv(3, 77, 33, 40, 1);
     check_conv(1, 3, 70, 70, 0); /* fewer tokens than taps */
+    check_conv(2, 9000, 96, 96, 1); /* > 256 x 64 rows: 72-row blocks of partial sums */
 }
 
 /* ---- decay and gate ------------------------------------------------------------------ */
@@ -172,7 +173,7 @@ TEST(decay_and_gate_match_cpu) {
     uint16_t *d_dy = dev_poisoned((size_t)rows * inner * 2), *d_dz = dev_poisoned((size_t)rows * ldz * 2);
     float *d_zb = dev_copy(zb, inner * 4), *d_dzb = dev_copy(dzb0, inner * 4);
     cuda_dm2_gate_forward(d_yg, d_y, d_z, ldz, d_zb, rows, inner);
-    cuda_dm2_gate_backward(d_dy, d_dz, ldz, d_dzb, d_dyg, d_y, d_z, ldz, d_zb, rows, inner);
+    cuda_dm2_gate_backward(d_dy, d_dz, ldz, d_dzb, d_dyg, d_y, d_z, ldz, d_zb, rows, inner, NULL);
     float *yg = host_bf16(d_yg, (size_t)rows * inner), *dy = host_bf16(d_dy, (size_t)rows * inner);
     float *dz_all = host_bf16(d_dz, (size_t)rows * ldz), *dzb = host_f32(d_dzb, inner);
     float *dz = pack_cols(dz_all, rows, ldz, inner);

@@ -167,11 +167,8 @@ static T __shfl_down_sync(unsigned, T v, int d) {
     return sim_shfl_from(v, src > 31 ? 31 : src, src > 31);
 }
 
-static float atomicAdd(float *p, float v) { /* threads never interleave inside */
-    float old = *p;
-    *p = old + v;
-    return old;
-}
+/* No atomicAdd: the simulated kernels sum in a fixed order so that their
+ * GPU runs are bit-reproducible; an atomic in them fails to compile here. */
 
 /* ldmatrix .x4: lanes 8m..8m+7 give the row addresses of matrix m; lane
  * (g = lane/4, t = lane%4) receives in r[m] elements [g][2t], [g][2t+1]; with

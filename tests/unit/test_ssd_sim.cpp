@@ -211,10 +211,14 @@ static void check_conv(int B, int T, int C, int ld_in, int docs) {
     sim_launch((unsigned)std::min<int64_t>((n + 255) / 256, 64), 1, 256, [&]() {
         dm2k_conv_fwd_kernel(out16.data(), C, in16.data(), ld_in, w.data(), bias.data(), st, B, T, C);
     });
-    sim_launch((unsigned)(C + 31) / 32, (unsigned)((BT + DM2K_ROWS - 1) / DM2K_ROWS), DM2K_THREADS, [&]() {
-        dm2k_conv_bwd_kernel(din16.data(), ld_in, dw.data(), db.data(), dout16.data(), C, in16.data(), ld_in, w.data(),
-                             st, B, T, C);
+    const int nparts = dm2k_row_blocks((int64_t)BT), rpb = dm2k_rows_per_block((int64_t)BT);
+    std::vector<float> part((size_t)nparts * (DM2K_K + 1) * C, NAN);
+    sim_launch((unsigned)(C + 31) / 32, (unsigned)nparts, DM2K_THREADS, [&]() {
+        dm2k_conv_bwd_kernel(din16.data(), ld_in, part.data(), rpb, dout16.data(), C, in16.data(), ld_in, w.data(), st,
+                             B, T, C);
     });
+    sim_launch((unsigned)((DM2K_K + 1) * C + 31) / 32, 1, DM2K_THREADS,
+               [&]() { dm2k_sum_parts_kernel(dw.data(), db.data(), part.data(), nparts, C, DM2K_K); });
     /* din: compare the C written columns of each row */
     std::vector<float> din_got, din_want;
     for (size_t r = 0; r < BT; r++)
@@ -264,10 +268,14 @@ static void check_decay_gate(int64_t rows, int H, int inner) {
     auto yg16 = poisoned16((size_t)rows * inner), dy16 = poisoned16((size_t)rows * inner),
          dz16 = poisoned16((size_t)rows * ldz);
     sim_launch(8, 1, 64, [&]() { dm2k_gate_fwd_kernel(yg16.data(), y16.data(), z16.data(), ldz, zb.data(), rows, inner); });
-    sim_launch((unsigned)(inner + 31) / 32, (unsigned)((rows + DM2K_ROWS - 1) / DM2K_ROWS), DM2K_THREADS, [&]() {
-        dm2k_gate_bwd_kernel(dy16.data(), dz16.data(), ldz, dzb.data(), dyg16.data(), y16.data(), z16.data(), ldz,
-                             zb.data(), rows, inner);
+    const int nparts = dm2k_row_blocks(rows), rpb = dm2k_rows_per_block(rows);
+    std::vector<float> part((size_t)nparts * inner, NAN);
+    sim_launch((unsigned)(inner + 31) / 32, (unsigned)nparts, DM2K_THREADS, [&]() {
+        dm2k_gate_bwd_kernel(dy16.data(), dz16.data(), ldz, part.data(), rpb, dyg16.data(), y16.data(), z16.data(),
+                             ldz, zb.data(), rows, inner);
     });
+    sim_launch((unsigned)(inner + 31) / 32, 1, DM2K_THREADS,
+               [&]() { dm2k_sum_parts_kernel(nullptr, dzb.data(), part.data(), nparts, inner, 0); });
     std::vector<float> dz(rows * inner);
     for (int64_t r = 0; r < rows; r++)
         for (int i = 0; i < inner; i++) dz[r * inner + i] = ssd_bf2f(dz16[r * ldz + i]);
@@ -366,6 +374,7 @@ int main(int argc, char **argv) {
     check_matrix(2, 33, 2, 2, 8, 0);
     check_conv(2, 50, 70, 100, 1);
     check_conv(1, 130, 33, 33, 0);
+    check_conv(3, 200, 40, 40, 1); /* 10 row blocks of partial sums */
     check_decay_gate(150, 5, 40);
     check_decode(3, 4, 8, 8, 2, 7);
     check_decode(2, 2, 16, 40, 1, 5);
