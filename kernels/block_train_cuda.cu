@@ -9,6 +9,8 @@
 #include "hybrid_ops_cuda.h"
 #include "ops_backward_cuda.h"
 #include "ops_cuda.h"
+#include "ssd_cuda.h"
+#include "train_profile.h"
 
 extern "C" {
 #include "hybrid.h"
@@ -82,10 +84,21 @@ typedef struct block_acts {
     cuda_dm2_acts *dm2;
 } block_acts;
 
+/* CUDA_BLOCKS_SELECTIVE: what one layer keeps from its forward (device):
+ * the attention's q/k/v after RoPE and its output, the SSD core's output y
+ * and its chunk states (the forward part of the SSD workspace, which the
+ * backward reuses; ws_bytes of it). */
+typedef struct layer_keep {
+    uint16_t *qkv, *katt, *y;
+    void *ws;
+    size_t ws_bytes;
+} layer_keep;
+
 struct cuda_blocks {
     const cuda_model *cm;
-    int B, T, n, L, recompute;
+    int B, T, n, L, recompute; /* CUDA_BLOCKS_* */
     block_acts *acts; /* [recompute ? 1 : L] */
+    layer_keep *keep; /* [L] when selective */
     uint8_t **attn_slot; /* [L]: device [H] for static-adapter layers */
     /* backward workspace, shared by the layers */
     uint16_t *tmp, *dxn, *dqkv, *dkatt, *dssm, *dslots, *dslots2, *daproj, *mix, *dact, *dgu;
@@ -137,9 +150,12 @@ extern "C" void cuda_blocks_free(cuda_blocks *b) {
         for (int i = 0; i < (b->recompute ? 1 : b->L); i++) free_set(&b->acts[i]);
     if (b->attn_slot)
         for (int l = 0; l < b->L; l++) cuda_free(b->attn_slot[l]);
+    if (b->keep)
+        for (int l = 0; l < b->L; l++) cuda_free(b->keep[l].qkv), cuda_free(b->keep[l].katt), cuda_free(b->keep[l].y),
+                                       cuda_free(b->keep[l].ws);
     void *p[] = {b->tmp, b->dxn, b->dqkv, b->dkatt, b->dssm, b->dslots, b->dslots2, b->daproj, b->mix, b->dact, b->dgu};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) cuda_free(p[i]);
-    free(b->acts), free(b->attn_slot);
+    free(b->acts), free(b->attn_slot), free(b->keep);
     free(b);
 }
 
@@ -168,6 +184,33 @@ extern "C" void cuda_blocks_scratch_shape(const cuda_model *cm, int *colsum_widt
     *colsum_width = w, *kv_heads_max = kv, *adapter_D = ad;
 }
 
+static size_t layer_keep_ws_bytes(const cuda_model *cm, int l, int B, int T) {
+    const dm2_config *y = &cm->hybrid->layers[l].ssm_cfg;
+    ssd_dims d = dm2_ssd_dims(y, B, T);
+    return cuda_ssd_chunked_workspace_bytes(&d, y->chunk > 0 ? y->chunk : SSD_DEFAULT_CHUNK, 0);
+}
+
+static int alloc_keep(cuda_blocks *b) {
+    const cuda_model *cm = b->cm;
+    size_t n = (size_t)b->n, hd = cm->cfg.head_dim;
+    b->keep = (layer_keep *)xcalloc((size_t)b->L, sizeof *b->keep);
+    for (int l = 0; l < b->L && !b->ac.rc; l++) {
+        lshape s = shape_of(cm, l);
+        layer_keep *k = &b->keep[l];
+        if (s.nq) {
+            k->qkv = (uint16_t *)balloc(b, n * s.w * 2, "kept q/k/v (per layer)");
+            k->katt = (uint16_t *)balloc(b, n * s.nq * hd * 2, "kept attention outputs (per layer)");
+        }
+        if (s.Hs) {
+            const dm2_config *y = &cm->hybrid->layers[l].ssm_cfg;
+            k->y = (uint16_t *)balloc(b, n * dm2_d_inner(y) * 2, "kept SSD outputs (per layer)");
+            k->ws_bytes = layer_keep_ws_bytes(cm, l, b->B, b->T);
+            k->ws = balloc(b, k->ws_bytes, "kept SSD chunk states (per layer)");
+        }
+    }
+    return b->ac.rc;
+}
+
 extern "C" int cuda_blocks_create(cuda_blocks **out, const cuda_model *cm, int B, int T, int recompute,
                                   ra_error *err) {
     *out = NULL;
@@ -194,6 +237,7 @@ extern "C" int cuda_blocks_create(cuda_blocks **out, const cuda_model *cm, int B
         b->dgu = (uint16_t *)balloc(b, n * 2 * I * 2, "the gate/up gradient");
         rc = b->ac.rc;
     }
+    if (!rc && recompute == CUDA_BLOCKS_SELECTIVE) rc = alloc_keep(b);
     b->attn_slot = (uint8_t **)xcalloc((size_t)b->L, sizeof *b->attn_slot);
     for (int l = 0; l < b->L && !rc; l++) {
         if (!shape_of(cm, l).static_ad) continue;
@@ -279,28 +323,68 @@ static void slots_gather(uint16_t *dkatt, uint16_t *dssm, const uint16_t *dslots
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-static block_acts *acts_of(cuda_blocks *b, int l) { return &b->acts[b->recompute ? 0 : l]; }
+/* The activations layer l reads and writes: its own set, or the one shared
+ * set with, in selective mode, the layer's kept tensors in place of the
+ * shared ones. */
+static block_acts acts_of(cuda_blocks *b, int l) {
+    block_acts a = b->acts[b->recompute ? 0 : l];
+    if (b->keep && b->keep[l].qkv) a.qkv = b->keep[l].qkv, a.katt = b->keep[l].katt;
+    return a;
+}
 
-static cuda_dm2_acts dm2_view(const block_acts *a, const cuda_model *cm, int l, const cuda_block_batch *bt) {
+static cuda_dm2_acts dm2_view(const block_acts *a, const cuda_blocks *b, int l, const cuda_block_batch *bt) {
     cuda_dm2_acts v = *a->dm2;
-    v.B = bt->B, v.T = bt->T, v.cfg = cm->hybrid->layers[l].ssm_cfg;
+    v.B = bt->B, v.T = bt->T, v.cfg = b->cm->hybrid->layers[l].ssm_cfg;
+    if (b->keep && b->keep[l].y) v.y = b->keep[l].y, v.ws = b->keep[l].ws;
     return v;
 }
 
-extern "C" void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x,
-                                   const cuda_block_batch *bt) {
+/* Selective recomputation of the DM2 mixer: everything but the SSD core
+ * (whose output y and chunk states were kept): in_proj, the x / B / C
+ * convs and the decays, then the gate (and out_proj) into out.  The same
+ * steps as kernels/dm2_mixer.cu's forward, on the same in_proj layout
+ * (x | B | C | z | A_log columns). */
+static void dm2_recompute(uint16_t *out, cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *u,
+                          const uint8_t *starts) {
+    const dm2_config *c = &s->cfg;
+    int inner = dm2_d_inner(c), gn = c->n_groups * c->d_state, in_dim = dm2_in_proj_dim(c);
+    int off_B = inner, off_C = inner + gn, off_z = inner + 2 * gn, off_A = off_z + inner;
+    int64_t BT = (int64_t)s->B * s->T;
+    cuda_linear_forward(s->proj, u, p->in_proj_w, NULL, (int)BT, c->d_model, in_dim);
+    cuda_dm2_conv_forward(s->x, inner, s->proj, in_dim, p->conv_w, p->conv_b, starts, s->B, s->T, inner);
+    cuda_dm2_conv_forward(s->Bm, gn, s->proj + off_B, in_dim, p->conv_w + (size_t)off_B * DM2_CONV_K,
+                          p->conv_b + off_B, starts, s->B, s->T, gn);
+    cuda_dm2_conv_forward(s->Cm, gn, s->proj + off_C, in_dim, p->conv_w + (size_t)off_C * DM2_CONV_K,
+                          p->conv_b + off_C, starts, s->B, s->T, gn);
+    cuda_dm2_decay_forward(s->a, s->proj + off_A, in_dim, BT, c->n_heads);
+    if (p->out_proj_w) {
+        cuda_dm2_gate_forward(s->yg, s->y, s->proj + off_z, in_dim, p->z_bias, BT, inner);
+        cuda_linear_forward(out, s->yg, p->out_proj_w, NULL, (int)BT, inner, c->d_model);
+    } else {
+        cuda_dm2_gate_forward(out, s->y, s->proj + off_z, in_dim, p->z_bias, BT, inner);
+    }
+}
+
+/* again = 1: the selective recomputation before layer l's backward: the
+ * kept attention and SSD-core outputs are used as they are, and the
+ * layer's output (already the next layer's input) is not made again. */
+static void block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x, const cuda_block_batch *bt,
+                          int again) {
     const cuda_model *cm = b->cm;
     const hf_config *c = &cm->cfg;
     const cuda_layer_weights *W = &cm->layers[l];
     const cuda_hybrid_layer *Y = cm->hybrid ? &cm->hybrid->layers[l] : NULL;
-    block_acts *a = acts_of(b, l);
+    block_acts A = acts_of(b, l), *a = &A;
     lshape s = shape_of(cm, l);
     int n = bt->B * bt->T, D = c->hidden_size, I = c->intermediate_size, H = c->num_heads, hd = c->head_dim;
     float eps = (float)c->rms_norm_eps;
     cuda_rmsnorm_forward(a->xn1, a->rstd1, x, W->input_norm, n, D, eps);
-    if (s.nq) {
+    train_prof_mark(again ? "recompute: rmsnorm" : "fwd: rmsnorm");
+    if (s.nq && !again) {
         cuda_linear_forward(a->qkv, a->xn1, W->wqkv, W->bqkv, n, D, s.w);
+        train_prof_mark("fwd: q/k/v gemm");
         cuda_rope_forward_strided(a->qkv, s.w, bt->cos_t, bt->sin_t, n, s.nq + s.nkv, hd);
+        train_prof_mark("fwd: rope");
         cuda_attention_args at;
         memset(&at, 0, sizeof at);
         at.out = a->katt, at.out_stride = (int64_t)s.nq * hd;
@@ -309,10 +393,17 @@ extern "C" void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const u
         at.doc_start = bt->doc_start;
         at.B = bt->B, at.T = bt->T, at.H = s.nq, at.Hkv = s.nkv, at.hd = hd;
         cuda_attention_forward_ex(&at);
+        train_prof_mark("fwd: attention");
     }
     if (s.Hs) {
-        cuda_dm2_acts v = dm2_view(a, cm, l, bt);
-        cuda_dm2_forward(a->ssm_out, NULL, &v, &Y->ssm, a->xn1, bt->starts);
+        cuda_dm2_acts v = dm2_view(a, b, l, bt);
+        if (again) {
+            dm2_recompute(a->ssm_out, &v, &Y->ssm, a->xn1, bt->starts);
+            train_prof_mark("recompute: dm2 (all but the SSD core)");
+        } else {
+            cuda_dm2_forward(a->ssm_out, NULL, &v, &Y->ssm, a->xn1, bt->starts);
+            train_prof_mark("fwd: dm2 mixer");
+        }
     }
     cuda_copy(a->h, x, (size_t)n * D * 2);
     if (!s.hybrid) {
@@ -335,11 +426,27 @@ extern "C" void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const u
         }
         cuda_linear_residual_forward(a->h, src, W->wo, W->bo, n, H * hd, D);
     }
+    train_prof_mark(again ? "recompute: slots, adapter, o_proj gemm" : "fwd: slots, adapter, o_proj gemm");
     cuda_rmsnorm_forward(a->hn, a->rstd2, a->h, W->post_norm, n, D, eps);
     cuda_linear_forward(a->gu, a->hn, W->w_gate_up, NULL, n, D, 2 * I);
+    train_prof_mark(again ? "recompute: rmsnorm, gate/up gemm" : "fwd: rmsnorm, gate/up gemm");
     cuda_swiglu_fused_forward(a->act, a->gu, n, I);
+    train_prof_mark(again ? "recompute: swiglu" : "fwd: swiglu");
+    if (again) return;
     cuda_copy(out, a->h, (size_t)n * D * 2);
     cuda_linear_residual_forward(out, a->act, W->w_down, NULL, n, I, D);
+    train_prof_mark("fwd: down gemm");
+}
+
+extern "C" void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x,
+                                   const cuda_block_batch *bt) {
+    block_forward(b, l, out, x, bt, 0);
+}
+
+extern "C" void cuda_block_recompute(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x,
+                                     const cuda_block_batch *bt) {
+    if (b->recompute == CUDA_BLOCKS_SELECTIVE) block_forward(b, l, out, x, bt, 1);
+    else if (b->recompute) block_forward(b, l, out, x, bt, 0);
 }
 
 /* ---- backward ---------------------------------------------------------------------------- */
@@ -350,15 +457,19 @@ extern "C" void cuda_block_backward(cuda_blocks *b, int l, const cuda_block_grad
     const hf_config *c = &cm->cfg;
     const cuda_layer_weights *W = &cm->layers[l];
     const cuda_hybrid_layer *Y = cm->hybrid ? &cm->hybrid->layers[l] : NULL;
-    block_acts *a = acts_of(b, l);
+    block_acts A = acts_of(b, l), *a = &A;
     lshape s = shape_of(cm, l);
     int n = bt->B * bt->T, D = c->hidden_size, I = c->intermediate_size, H = c->num_heads, hd = c->head_dim;
     /* MLP: out = h + down(swiglu(gate_up(hn))) */
     cuda_linear_backward(b->dact, g->w_down, NULL, d, a->act, W->w_down, n, I, D);
+    train_prof_mark("bwd: down gemms");
     cuda_swiglu_fused_backward(b->dgu, b->dact, a->gu, n, I);
+    train_prof_mark("bwd: swiglu");
     cuda_linear_backward(b->dxn, g->w_gate_up, NULL, b->dgu, a->hn, W->w_gate_up, n, D, 2 * I);
+    train_prof_mark("bwd: gate/up gemms");
     cuda_rmsnorm_backward(b->tmp, g->post_norm, b->dxn, a->h, W->post_norm, a->rstd2, n, D);
     cuda_residual_add(d, b->tmp, (int64_t)n * D); /* d = ∂L/∂h = ∂L/∂mix */
+    train_prof_mark("bwd: rmsnorm, residual add");
     /* the mixer's output side → ∂L/∂(attention outputs), ∂L/∂(SSM outputs) */
     const uint16_t *dssm = b->dssm;
     if (!s.hybrid) {
@@ -381,6 +492,7 @@ extern "C" void cuda_block_backward(cuda_blocks *b, int l, const cuda_block_grad
         }
         slots_gather(b->dkatt, b->dssm, dsl, Y->slot_src, n, H, Y->k, Y->Hs, hd);
     }
+    train_prof_mark("bwd: o_proj gemms, adapter, slots");
     /* attention heads → dxn (overwritten), then the SSM adds its part */
     if (s.nq) {
         cuda_attention_bwd_args ab;
@@ -392,16 +504,24 @@ extern "C" void cuda_block_backward(cuda_blocks *b, int l, const cuda_block_grad
         ab.dout_stride = (int64_t)s.nq * hd;
         ab.B = bt->B, ab.T = bt->T, ab.H = s.nq, ab.Hkv = s.nkv, ab.hd = hd;
         cuda_attention_backward_ex(&ab);
+        train_prof_mark("bwd: attention");
         cuda_rope_backward_strided(b->dqkv, s.w, bt->cos_t, bt->sin_t, n, s.nq + s.nkv, hd);
         cuda_linear_backward(b->dxn, g->wqkv, g->bqkv, b->dqkv, a->xn1, W->wqkv, n, D, s.w);
+        train_prof_mark("bwd: rope, q/k/v gemms");
     } else {
         cuda_memset(b->dxn, 0, (size_t)n * D * 2);
     }
     if (s.Hs) {
-        cuda_dm2_acts v = dm2_view(a, cm, l, bt);
+        cuda_dm2_acts v = dm2_view(a, b, l, bt);
+        if (b->keep) { /* the backward's workspace starts with the forward's chunk states */
+            v.ws = a->dm2->ws;
+            cuda_copy(v.ws, b->keep[l].ws, b->keep[l].ws_bytes);
+        }
         cuda_dm2_grads gs = g->ssm;
         cuda_dm2_backward(&gs, b->dxn, dssm, &v, &Y->ssm, a->xn1, bt->starts);
+        train_prof_mark("bwd: dm2 mixer");
     }
     cuda_rmsnorm_backward(want_dx ? b->tmp : NULL, g->input_norm, b->dxn, x, W->input_norm, a->rstd1, n, D);
     if (want_dx) cuda_residual_add(d, b->tmp, (int64_t)n * D);
+    train_prof_mark("bwd: rmsnorm, residual add");
 }

@@ -10,10 +10,15 @@
  * Weights are the bf16 compute copies of a cuda_model (kernels/
  * forward_cuda_internal.h: fused q/k/v and gate/up); parameter gradients
  * fp32 and accumulated (+=), in the same fused layouts (cuda_block_grads).
- * Activations either saved per layer (recompute = 0) or kept for one layer
- * only, the caller running cuda_block_forward of layer l again right
- * before its backward (recompute = 1: llm.c-style recomputation, one extra
- * forward, memory of one layer instead of all).
+ * Activations (recompute, CUDA_BLOCKS_*): SAVE_ALL saves every layer's;
+ * RECOMPUTE keeps one layer's, the caller running cuda_block_recompute of
+ * layer l right before its backward (llm.c-style recomputation: one more
+ * forward, memory of one layer instead of all); SELECTIVE also keeps one
+ * set, plus per layer what is dear to recompute: the attention's q/k/v and
+ * output, the SSD core's output and chunk states (≈ 4 MB per kept head and
+ * ≈ 65 MB per DM2 layer at B·T = 8192, hd 64, N 64), so cuda_block_recompute
+ * redoes only the GEMMs and elementwise ops around them (no attention, no
+ * SSD scan, no down_proj).
  *
  * Used by kernels/model_train_cuda.cu (stage 3, --loss ce) and stage 2.
  * Library-internal host code. */
@@ -49,6 +54,8 @@ typedef struct cuda_block_batch {
 
 typedef struct cuda_blocks cuda_blocks;
 
+enum { CUDA_BLOCKS_SAVE_ALL = 0, CUDA_BLOCKS_RECOMPUTE = 1, CUDA_BLOCKS_SELECTIVE = 2 };
+
 /* Buffers for batches of B × T rows of every layer of cm (recompute: see
  * above).  EX_TEMPFAIL naming the buffer when the GPU lacks memory;
  * EX_DATAERR for an SSM head shape the kernels do not take. */
@@ -74,6 +81,10 @@ void cuda_block_grads_zero_fused(cuda_block_grads *g, const cuda_model *cm, int 
 
 /* out [n, D] = block l (x [n, D]), saving activations. */
 void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x, const cuda_block_batch *bt);
+/* Before layer l's backward when the set is not saved (RECOMPUTE: the
+ * whole forward again into out; SELECTIVE: what it did not keep, out
+ * untouched; SAVE_ALL: nothing).  x is the forward's input. */
+void cuda_block_recompute(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x, const cuda_block_batch *bt);
 /* Given ∂L/∂out in d (bf16 [n, D]), accumulate the parameter gradients
  * into g and, when want_dx, leave ∂L/∂x in d (else d is clobbered).  x is
  * the forward's input; layer l's activations must be the last forward's. */

@@ -12,6 +12,7 @@
 #include "model_train_cuda.h"
 #include "ops_backward_cuda.h"
 #include "ops_cuda.h"
+#include "train_profile.h"
 
 /* Logit chunk: at most this many bf16 elements per buffer (256 MiB). */
 #define LOGIT_CHUNK_ELEMS ((size_t)128 << 20)
@@ -131,6 +132,7 @@ static void alloc_acts(cuda_model_train *t) {
 
 extern "C" void cuda_model_train_free(cuda_model_train *t) {
     if (!t) return;
+    train_prof_report(t->teacher ? "kd step" : t->tblocks ? "stage 2 step" : "step");
     cuda_synchronize();
     if (t->X)
         for (int l = 0; l <= t->L; l++) cuda_free(t->X[l]);
@@ -151,15 +153,19 @@ extern "C" void cuda_model_train_free(cuda_model_train *t) {
     free(t);
 }
 
-/* RA_TRAIN_RECOMPUTE=0|1 forces the choice; otherwise recompute when the
- * saved activations of every layer would take more than an eighth of the
- * GPU's memory. */
+/* RA_TRAIN_RECOMPUTE=0 (save every layer's activations), 1 (selective
+ * recomputation) or 2 (recompute every layer's forward) forces the choice;
+ * otherwise selective when the saved activations of every layer would
+ * take more than an eighth of the GPU's memory. */
 static int choose_recompute(const cuda_model *cm, int B, int T) {
     const char *e = getenv("RA_TRAIN_RECOMPUTE");
-    if (e && (!strcmp(e, "0") || !strcmp(e, "1"))) return e[0] == '1';
+    if (e && !strcmp(e, "0")) return CUDA_BLOCKS_SAVE_ALL;
+    if (e && !strcmp(e, "1")) return CUDA_BLOCKS_SELECTIVE;
+    if (e && !strcmp(e, "2")) return CUDA_BLOCKS_RECOMPUTE;
     size_t fr = 0, tot = 0;
     cuda_mem_info(&fr, &tot);
-    return cuda_blocks_layer_bytes(cm, B, T) * (size_t)cm->cfg.num_layers > tot / 8;
+    return cuda_blocks_layer_bytes(cm, B, T) * (size_t)cm->cfg.num_layers > tot / 8 ? CUDA_BLOCKS_SELECTIVE
+                                                                                      : CUDA_BLOCKS_SAVE_ALL;
 }
 
 extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, const ra_model *teacher, ra_optim *optim,
@@ -354,14 +360,18 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
 }
 
 extern "C" void cuda_model_train_zero_grad(cuda_model_train *t) {
+    train_prof_mark("host: before zero grad");
     cuda_optim_zero_grad(t->opt);
     for (int l = 0; l < t->L; l++) cuda_block_grads_zero_fused(&t->lg[l], t->cm, l);
+    train_prof_mark("zero grad");
 }
 
 extern "C" int cuda_model_train_optim_step(cuda_model_train *t, double lr, int poison, ra_error *err) {
+    train_prof_mark("host: before optimiser");
     if (poison) cuda_optim_poison(t->opt);
     int rc = cuda_optim_step(t->opt, lr, err);
     if (!rc) refresh_mirrors(t);
+    train_prof_mark("optimiser (norm, AdamW, bf16 copies)");
     t->host->step = t->opt->step;
     t->host->last_grad_norm = t->opt->last_grad_norm;
     return rc;
@@ -457,7 +467,9 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         }
         if (counted) *counted = total;
     }
+    train_prof_mark("host: between steps (logging, checks)");
     upload_inputs(t, tokens, doc_start, labels);
+    train_prof_mark("host: inputs, upload");
     const int32_t *d_tokens = t->d_ints, *d_doc = doc_start ? t->d_ints + n : NULL;
     const int32_t *d_labels = t->d_ints + 2 * (size_t)n, *d_pos = t->d_ints + 3 * (size_t)n;
 
@@ -466,6 +478,7 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         memset(&o, 0, sizeof o);
         o.doc_start = doc_start;
         if ((rc = cuda_forward_run(t->tfs, tokens, B, T, &o, NULL, err))) return rc;
+        train_prof_mark("teacher forward");
     }
 
     /* forward */
@@ -476,9 +489,11 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         bt.starts = t->starts;
     }
     cuda_embedding_forward(t->X[0], d_tokens, t->cm->embed, n, D);
+    train_prof_mark("embedding, rope tables");
     for (int l = 0; l < L; l++) cuda_block_forward(t->blocks, l, t->X[l + 1], t->X[l], &bt);
     float eps = (float)t->m->cfg.rms_norm_eps;
     cuda_rmsnorm_forward(t->xfn, t->rstdf, t->X[L], t->cm->final_norm, n, D, eps);
+    train_prof_mark("final rmsnorm");
 
     /* vocabulary side, R rows at a time */
     float c = total ? (float)((double)dloss / total) : 0.0f;
@@ -486,34 +501,43 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         int rows = n - r0 < t->R ? n - r0 : t->R;
         const uint16_t *xfn = t->xfn + (size_t)r0 * D;
         cuda_linear_forward(t->zs, xfn, t->cm->lm_head, NULL, rows, D, V);
+        train_prof_mark("lm head: student logits gemm");
         if (kind == RA_LOSS_KD) {
             const hf_config *tc = &t->teacher->cfg;
             cuda_rmsnorm_forward(t->thn, NULL, t->tfs->x + (size_t)r0 * D, t->tm->final_norm, rows, D,
                                  (float)tc->rms_norm_eps);
             cuda_linear_forward(t->zt, t->thn, t->tm->lm_head, NULL, rows, D, V);
+            train_prof_mark("lm head: teacher norm, logits gemm");
             cuda_loss_soft_ce_rows(t->row_loss + r0, want_grads ? t->zs : NULL, t->zs, t->zt, rows, V, temperature,
                                    c);
         } else {
             cuda_loss_ce_rows(t->row_loss + r0, want_grads ? t->zs : NULL, t->zs, d_labels + r0, rows, V,
                               RA_IGNORE_LABEL, c);
         }
+        train_prof_mark("lm head: loss rows, gradient");
         if (want_grads)
             cuda_linear_backward(t->dxfn + (size_t)r0 * D, t->g_lm_head, NULL, t->zs, xfn, t->cm->lm_head, rows, D,
                                  V);
+        train_prof_mark("lm head: backward gemms");
     }
     if (want_grads) {
         cuda_rmsnorm_backward(t->dres, t->g_final_norm, t->dxfn, t->X[L], t->cm->final_norm, t->rstdf, n, D);
+        train_prof_mark("final rmsnorm backward");
         for (int l = L - 1; l >= 0; l--) {
-            if (t->recompute && l < L - 1) cuda_block_forward(t->blocks, l, t->X[l + 1], t->X[l], &bt);
+            if (l < L - 1) cuda_block_recompute(t->blocks, l, t->X[l + 1], t->X[l], &bt);
             cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 1);
         }
         if (t->g_embed) {
             const int32_t *g = t->d_ints + 4 * (size_t)n;
             cuda_embedding_backward_sorted(t->g_embed, t->dres, g, g + n, g + 2 * (size_t)n, t->n_ids, D);
+            train_prof_mark("embedding backward");
         }
     }
     /* one synchronisation: the per-row losses */
     cuda_download(t->h_rows, t->row_loss, (size_t)n * sizeof(float));
+    train_prof_mark("loss download");
+    train_prof_collect();
+    train_prof_step();
     double sum = 0;
     for (int i = 0; i < n; i++) sum += t->h_rows[i];
     *loss = total ? sum / total : 0;
@@ -547,7 +571,7 @@ extern "C" int cuda_stage2_train_create(cuda_model_train **out, ra_model *studen
     t->n_layers = n_layers;
     t->layer_losses = (double *)xcalloc((size_t)n_layers, sizeof(double));
     t->ac.err = &t->alloc_err;
-    t->recompute = 1; /* each listed layer's backward follows its forward */
+    t->recompute = CUDA_BLOCKS_RECOMPUTE; /* each listed layer's backward follows its forward */
     size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
     int last = layers[n_layers - 1];
     if ((rc = cuda_model_upload(student, &t->cm, err))) goto fail;
@@ -597,7 +621,9 @@ extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const
     }
     /* the teacher's residuals entering layers 0 .. last + 1 */
     cuda_embedding_forward(t->X[0], t->d_ints, t->tm->embed, n, D);
+    train_prof_mark("host: between steps, inputs");
     for (int l = 0; l <= last; l++) cuda_block_forward(t->tblocks, l, t->X[l + 1], t->X[l], &bt);
+    train_prof_mark("teacher blocks forward");
     double total = 0;
     for (int i = 0; i < t->n_layers; i++) {
         int l = t->layers[i];
@@ -609,6 +635,9 @@ extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const
         cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 0);
     }
     *loss = total;
+    train_prof_mark("stage 2 losses (sync)");
+    train_prof_collect();
+    train_prof_step();
     sample_peak(t);
     return 0;
 }

@@ -29,8 +29,13 @@
  * untied LM head, head_dim 32, 64 or 128 (another head_dim is refused with
  * EX_UNAVAILABLE).  Activations are saved per layer, or, when that would
  * take more than an eighth of the GPU's memory (or RA_TRAIN_RECOMPUTE=1),
- * kept for one layer and recomputed layer by layer in the backward
- * (RA_TRAIN_RECOMPUTE=0 forces saving).  The DM2 backward sums some
+ * recomputed selectively layer by layer in the backward (each layer keeps
+ * its attention and SSD-core outputs and the SSD chunk states; the GEMMs
+ * and elementwise ops around them run again: CUDA_BLOCKS_SELECTIVE of
+ * kernels/block_train_cuda.h); RA_TRAIN_RECOMPUTE=0 forces saving,
+ * RA_TRAIN_RECOMPUTE=2 recomputes each layer's whole forward.
+ * RA_TRAIN_PROFILE=1 prints where the steps' time went on stderr when the
+ * trainer is freed (kernels/train_profile.h).  The DM2 backward sums some
  * parameter gradients with float atomics, so a hybrid's steps are not
  * bit-reproducible (teacher-shaped models' are).
  *
@@ -89,7 +94,7 @@ void cuda_model_train_upload(cuda_model_train *t);
  * tests.  EX_USAGE when it has none (frozen or unknown). */
 int cuda_model_train_grad(cuda_model_train *t, const char *name, float *out, ra_error *err);
 
-/* 1 when activations are recomputed in the backward (see the top). */
+/* The CUDA_BLOCKS_* activation policy (0: saved; see the top). */
 int cuda_model_train_recomputes(const cuda_model_train *t);
 /* Rows of the vocabulary chunk. */
 int cuda_model_train_logit_rows(const cuda_model_train *t);

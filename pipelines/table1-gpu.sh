@@ -36,26 +36,26 @@
 # Budgets for an ~8-layer, ~64-head teacher (hidden 256..512) on one H200,
 # aiming at <= 8 minutes of machine time in all: probe 256 prompts of 50
 # pairs; stage 2 S2_TOKENS per layer, stage 3 S3_TOKENS, rows of SEQ_LEN x
-# BATCH; ra-eval 256 prompts at 10..50 pairs, speed up to batch 64.
+# BATCH; ra-eval 128 prompts at 10..50 pairs, speed up to batch 32.
 set -uo pipefail
 
 TEACHER=${TEACHER:-tests/fixtures/teacher}
 WORDS=${WORDS:-tests/fixtures/words.txt}
 SEQ_LEN=${SEQ_LEN:-1024}
 BATCH=${BATCH:-16}
-S2_TOKENS=${S2_TOKENS:-1000000}
-S3_TOKENS=${S3_TOKENS:-2000000}
+S2_TOKENS=${S2_TOKENS:-2000000}
+S3_TOKENS=${S3_TOKENS:-4000000}
 S2_LR=${S2_LR:-1e-3}
-S3_LR=${S3_LR:-1e-4}
+S3_LR=${S3_LR:-3e-4}
 CPU_S2_TOKENS=${CPU_S2_TOKENS:-8192}
 CPU_S3_TOKENS=${CPU_S3_TOKENS:-32768}
 PROBE_PAIRS=${PROBE_PAIRS:-50}
 PROBE_SAMPLES=${PROBE_SAMPLES:-256}
 EVAL_PAIRS=${EVAL_PAIRS:-10,20,30,40,50}
-EVAL_SAMPLES=${EVAL_SAMPLES:-256}
+EVAL_SAMPLES=${EVAL_SAMPLES:-128}
 DEVICE=${DEVICE:-cuda}
 DATA_KV_DOCS=${DATA_KV_DOCS:-20000}
-SPEED_FLAGS=${SPEED_FLAGS:---max-batch 64 --prompt-len 128 --gen-len 32}
+SPEED_FLAGS=${SPEED_FLAGS:---max-batch 32 --prompt-len 128 --gen-len 32}
 
 die() { echo "table1-gpu.sh: $*" >&2; exit 1; }
 NOTE=
