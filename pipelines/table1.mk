@@ -86,6 +86,9 @@ INIT_AT ?= 2%
 RANDOM_AT ?= 2% 5% 10%
 RANDOM_LAYOUTS ?= $(LAYOUTS)
 RANDOM_SEED ?= 1
+# ranked plans: ra-rank --by acc (the paper's accuracy drop) or logprob (the
+# mean log-prob drop: finer-grained when single-head accuracy drops are ties)
+RANK_BY ?= acc
 
 WORDS ?= /usr/share/dict/words
 PROBE_PAIRS ?= 50
@@ -216,7 +219,7 @@ INIT_AT_K := $(shell KEEP='$(INIT_AT)' LAYOUTS=routed D_STATES=hd INIT_VARIANTS=
 # $(call field,NAME,N): field N of configuration NAME (1 name, 2 group, 3 K,
 # 4 layout, 5 d_state, 6 init, 7 selection)
 field = $(word $(2),$(subst :, ,$(filter $(1):%,$(CONFIG_LINES))))
-rank_select = $(if $(filter random,$(call field,$(1),7)),--random $(call field,$(1),3) --seed $(RANDOM_SEED),--top $(call field,$(1),3))
+rank_select = $(if $(filter random,$(call field,$(1),7)),--random $(call field,$(1),3) --seed $(RANDOM_SEED),--top $(call field,$(1),3)$(if $(filter-out acc,$(RANK_BY)), --by $(RANK_BY)))
 
 # The variables of configuration $(1)'s distill.mk (every one given, so the
 # sub-make's keys depend on nothing else).
