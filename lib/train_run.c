@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,8 +329,9 @@ static int one_step(run_state *s, int64_t nan_step, ra_error *err) {
     return 0;
 }
 
-static int64_t nan_hook_step(void) {
-    const char *v = getenv("RA_TEST_NAN_AT_STEP");
+/* a test hook's step from the environment variable NAME; -1 when unset */
+static int64_t hook_step(const char *name) {
+    const char *v = getenv(name);
     if (!v || !*v) return -1;
     char *end;
     long long n = strtoll(v, &end, 10);
@@ -401,11 +403,17 @@ int ra_train_run(const char *prog, const ra_train_opts *o, ra_train_stage *st, r
     res->last_eval_loss = NAN;
     run_state s = {.prog = prog ? prog : "ra", .o = o, .st = st, .res = res};
     int rc = setup(&s, err);
-    int64_t nan_step = nan_hook_step();
+    int64_t nan_step = hook_step("RA_TEST_NAN_AT_STEP");
+    int64_t stop_step = hook_step("RA_TEST_STOP_AT_STEP");
     s.t0 = s.last_print = ra_now();
     s.last_print -= 10;
     if (!s.first_step) s.first_step = st->optim->step;
-    while (!rc && st->optim->step < s.total) rc = one_step(&s, nan_step, err);
+    while (!rc && st->optim->step < s.total) {
+        rc = one_step(&s, nan_step, err);
+        /* test hook: stop (SIGSTOP) after this step and its checkpoint, so a
+         * test can kill -9 the run at a known point between checkpoints */
+        if (!rc && st->optim->step == stop_step) raise(SIGSTOP);
+    }
     /* the final checkpoint (unless the last step just wrote one) */
     if (!rc && o->ckpt_dir && (st->optim->step > s.first_step || res->resumed_from < 0)) rc = save(&s, err);
     else if (!rc && st->device) st->device->download(st->ctx); /* the trained weights into the host model */

@@ -73,8 +73,10 @@
  * Test hook: the environment variable RA_TEST_NAN_AT_STEP=N sets the first
  * gradient element of the first trainable parameter to NaN during
  * optimiser step N (counted from 1, as the log's step column), to test the
- * divergence guard.  Not for use
- * outside tests.
+ * divergence guard.  RA_TEST_STOP_AT_STEP=N makes the process stop itself
+ * (SIGSTOP) after optimiser step N and its checkpoint, if one falls there:
+ * a kill -9 test then kills it at a known point, never after the end
+ * (SIGCONT lets it go on).  Not for use outside tests.
  *
  * Implemented in lib/train_run.c. */
 #ifndef RA_TRAIN_RUN_H

@@ -308,8 +308,14 @@ TEST(kv_documents_answer_correctly_and_vary) {
             for (int i = 0; i < k; i++)
                 if ((int)strlen(keys[i]) == kl && !strncmp(keys[i], kp, (size_t)kl)) found = i;
             if (found < 0) { /* first mention: a pair line */
-                EXPECT(k < 64 && number_after(kp + kl, &v));
-                snprintf(keys[k], sizeof keys[k], "%.*s", kl, kp);
+                /* EXPECT does not stop the test: a bad line must not index
+                 * past keys[], vals[] or seen_val[], so stop reading this
+                 * document (the failure is already counted) */
+                int ok = k < 64 && kl < (int)sizeof keys[k] && number_after(kp + kl, &v) && v >= 0 && v < 100;
+                EXPECT_MSG(ok, "doc %d: pair %d: bad pair line '%s'", d, k, line);
+                if (!ok) break;
+                int n = snprintf(keys[k], sizeof keys[k], "%.*s", kl, kp);
+                EXPECT(n == kl);
                 probe_pairs += k == 0 && kp == line && kp[kl] == ':' && kp[kl + 1] != ' ';
                 EXPECT_MSG(!seen_val[v], "doc %d: value %d twice", d, v);
                 seen_val[v] = 1;
