@@ -4,12 +4,14 @@
 # HEADS kept heads and DiscreteMamba2 N), then runs ra-mohawk3 --device cuda
 # with RA_TRAIN_PROFILE=1 (the phase table goes to stderr at the end), once
 # per RECOMPUTE value; with NSYS=1 and nsys on PATH also a kernel summary.
+# The phase tables and tokens/s go to RESULT (bench/results/profile.md).
 #   B=4 L=2048 HEADS=10 N=64 STEPS=6 RECOMPUTE="0 1" OUT=/tmp/tp WORK=/tmp/tpw bench/train_profile.sh
 # Needs bin/ built, build/tests/mk-scores, python3 (bench/torch_ref/train.py --print, no GPU work).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=${B:-4} L=${L:-2048} HEADS=${HEADS:-10} N=${N:-64} STEPS=${STEPS:-6} RECOMPUTE=${RECOMPUTE:-0}
 OUT=${OUT:-/tmp/ra-train-profile} W=${WORK:-/tmp/ra-train-profile-work} NSYS=${NSYS:-0}
+RESULT=${RESULT:-bench/results/profile.md}
 PY=bench/torch_ref/train.py
 mkdir -p "$OUT" "$W/teacher"
 if [ ! -s "$W/tokens.ra" ]; then
@@ -33,14 +35,34 @@ for _ in range(rows): print(" ".join(str(r.randrange(V)) for _ in range(L)))' $(
 fi
 args=(-m "$W/teacher.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L" --steps "$STEPS" --device cuda --dtype bf16
       -s "$W/student.ra" --loss kd -o "$W/out.ra")
+report() {
+    echo "# Where a CUDA stage-3 step spends its time"
+    echo
+    echo "Made by \`B=$B L=$L HEADS=$HEADS N=$N STEPS=$STEPS RECOMPUTE=\"$RECOMPUTE\" bench/train_profile.sh\`"
+    echo "at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)."
+    echo
+    for r in $RECOMPUTE; do
+        echo "## RA_TRAIN_RECOMPUTE=$r"
+        echo
+        echo '```'
+        tr '\r' '\n' <"$OUT/s3-r$r.log" | grep -v ': step ' | tail -n 60
+        tokens_per_s "$OUT/s3-r$r.tsv"
+        echo '```'
+        echo
+    done
+}
+tokens_per_s() {
+    awk -F'\t' 'NR > 1 { k[NR] = $2; e[NR] = $7; n = NR } END { if (n > 3) printf "tokens/s after step 2: %.0f\n", (k[n] - k[3]) / (e[n] - e[3]) }' "$1"
+}
 for r in $RECOMPUTE; do
     echo "== RA_TRAIN_RECOMPUTE=$r RA_TRAIN_PROFILE=1 bin/ra-mohawk3 ${args[*]} --log $OUT/s3-r$r.tsv"
     env RA_TRAIN_RECOMPUTE="$r" RA_TRAIN_PROFILE=1 bin/ra-mohawk3 "${args[@]}" --log "$OUT/s3-r$r.tsv" \
         >"$OUT/s3-r$r.log" 2>&1
     echo "exit $?"
     tr '\r' '\n' <"$OUT/s3-r$r.log" | grep -v ': step ' | tail -n 60
-    awk -F'\t' 'NR > 1 { k[NR] = $2; e[NR] = $7; n = NR } END { if (n > 3) printf "tokens/s after step 2: %.0f\n", (k[n] - k[3]) / (e[n] - e[3]) }' "$OUT/s3-r$r.tsv"
+    tokens_per_s "$OUT/s3-r$r.tsv"
 done
+report >"$RESULT.tmp" && mv "$RESULT.tmp" "$RESULT" && echo "wrote $RESULT"
 if [ "$NSYS" = 1 ] && command -v nsys >/dev/null; then
     r=${RECOMPUTE%% *}
     env RA_TRAIN_RECOMPUTE="$r" nsys profile -q -o "$OUT/nsys-s3" --force-overwrite true bin/ra-mohawk3 "${args[@]}" \

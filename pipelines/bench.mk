@@ -12,6 +12,7 @@
 #   decode    bench/decode.sh        bench/results/decode.md     GPU; torch, transformers
 #   probe     bench/probe.sh         bench/results/probe.md      GPU; torch, transformers
 #   train     bench/train.sh         bench/results/train.md      GPU; torch, transformers
+#   profile   bench/train_profile.sh bench/results/profile.md    GPU; python3 (no torch work)
 #   tokenize  bench/tokenize.sh      bench/results/tokenize.md   CPU (HF tokenizers if installed)
 #
 # `build` runs the top-level make (all bench-bins: the tools, the test helpers
@@ -25,12 +26,13 @@
 # passes STEPS on, as make exports command-line variables to the recipes.
 
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
-BENCHMARKS := forward ssd decode probe train tokenize
+BENCHMARKS := forward ssd decode probe train profile tokenize
 script_forward := bench/run_forward.sh
 script_ssd := bench/run_ssd.sh
 script_decode := bench/decode.sh
 script_probe := bench/probe.sh
 script_train := bench/train.sh
+script_profile := bench/train_profile.sh
 script_tokenize := bench/tokenize.sh
 
 .PHONY: all build list $(BENCHMARKS)
