@@ -5,6 +5,7 @@
 #
 #   pipelines/table1-gpu.sh run [OUTDIR]    # GPU machine; OUTDIR default $OUT, else /tmp/table1-gpu
 #   pipelines/table1-gpu.sh report DIR      # here: DIR = a copy of OUTDIR; writes results/table1.md
+#                                           # (REPORT_DIR=D: D/table1.md and D/table1/ instead)
 #
 # run: builds the tools with CUDA (BUILD=0: use bin/ as it is), checks which
 # training stages run on CUDA for a hybrid student (ra-mohawk2/3 --device cuda
@@ -40,6 +41,7 @@
 set -uo pipefail
 
 TEACHER=${TEACHER:-tests/fixtures/teacher}
+REPORT_DIR=${REPORT_DIR:-results}
 WORDS=${WORDS:-tests/fixtures/words.txt}
 SEQ_LEN=${SEQ_LEN:-1024}
 BATCH=${BATCH:-16}
@@ -170,7 +172,7 @@ report)
         missing=$(awk '{ print $NF }' "$scratch/configs" | while read -r f; do [ -e "$f" ] || echo "$f"; done | wc -l)
         if [ "$missing" -eq 0 ] && [ -n "$(ls "$O"/teacher-eval-*.ra 2>/dev/null)" ]; then
             echo "table1-gpu.sh: reporting the $phase grid"
-            mk "$phase" "$s2dev" "$s3dev" "$O" REPORT=results report || die "report failed"
+            mk "$phase" "$s2dev" "$s3dev" "$O" REPORT="$REPORT_DIR" report || die "report failed"
             exit 0
         fi
         echo "table1-gpu.sh: the $phase grid lacks $missing results streams"

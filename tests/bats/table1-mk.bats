@@ -223,6 +223,23 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
     assert_output --partial "student3"
 }
 
+@test "results/table1.md is what the generator makes from the committed H200 run (results/table1-run)" {
+    # the page's tables, verdicts and defaults are the generator's; only the hand-written sections
+    # from "## How this run was made" on are not
+    cd "$ROOT"
+    sums() { find results/table1-run results/table1 results/table1.md -type f -print0 | sort -z | xargs -0 md5sum; }
+    before=$(sums)
+    REPORT_DIR="$BATS_TEST_TMPDIR/rep" MAKEFLAGS= MFLAGS= MAKELEVEL= run pipelines/table1-gpu.sh report results/table1-run
+    assert_success
+    assert_output --partial "reporting the full grid"
+    diff <(grep -v manifest "$BATS_TEST_TMPDIR/rep/table1.md") \
+        <(sed '/^## How this run was made/,$d' results/table1.md | grep -v manifest | sed '${/^$/d}')
+    grep -qF -- "- The fewest ranked heads that recover >= 95% of the teacher (routed, N = 32): **3 of 64 (4.7%)**" \
+        "$BATS_TEST_TMPDIR/rep/table1.md"
+    # the committed run and page are left as they were
+    [ "$(sums)" = "$before" ]
+}
+
 @test "table1-configs.sh: the grid of a 2x8-head teacher and of an 8x8-head one, by hand" {
     g() { KEEP="0 1 2% 5% 10% all" LAYOUTS="routed parallel" D_STATES="hd hd/8" INIT_VARIANTS="attention svd" \
           INIT_AT=2% RANDOM_AT="2% 5% 10%" RANDOM_LAYOUTS="routed parallel" "$ROOT/pipelines/table1-configs.sh" "$@"; }
