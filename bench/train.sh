@@ -223,8 +223,9 @@ print(f"GPU: {gpu or 'unknown'}; {P['date']}"
       "bf16 compute, on both sides."
       + ("  The teacher-shaped rows train a second random Llama of the same shape (every head attention, GQA) "
          "as the student: the same step without SSM heads." if any(c[0] == "d3" for c in cases) else "")
-      + (f"  RA_TRAIN_RECOMPUTE=1: ra recomputes each layer's activations just before its backward "
-         "(one more forward per step) instead of keeping them." if any(c[0] == "s3r" for c in cases) else "")
+      + (f"  RA_TRAIN_RECOMPUTE=1: selective recomputation (each layer keeps its input, its attention and "
+         "SSD-core outputs and chunk states, and recomputes its projections, norms and elementwise steps just "
+         "before its backward)." if any(c[0] == "s3r" for c in cases) else "")
       + "\n")
 print("| tool | stage | tokens/s | MFU (of 790 TFLOP/s) | peak GB | vs PyTorch: tokens/s | vs PyTorch: memory |")
 print("|---|---|---|---|---|---|---|")

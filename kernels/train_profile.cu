@@ -76,7 +76,7 @@ static int by_ms(const void *a, const void *b) {
 
 extern "C" void train_prof_report(const char *title) {
     if (!train_prof_on()) return;
-    train_prof_mark("(end)");
+    /* no closing mark: after the last step's last phase comes the run's output, not step time */
     train_prof_collect();
     double total = 0;
     for (int i = 0; i < n_rows; i++) total += rows[i].ms;
