@@ -83,24 +83,23 @@ ifeq ($(strip $(EVAL_TOKENS_ID)),)
 EVAL_TOKENS_ID := $(if $(strip $(EVAL_TOKENS)),$(shell $(RA)ra-show -q --id '$(EVAL_TOKENS)'))
 endif
 
-# $(call key,STRING): 16 hex digits naming an artifact
-key = $(shell printf '%s' '$(1)' | sha256sum | cut -c1-16)
+include $(dir $(lastword $(MAKEFILE_LIST)))keys.mk
 
 GRAFT_ARGS := --layout $(LAYOUT) --init $(INIT) $(if $(D_STATE),--d-state $(D_STATE)) $(GRAFT_FLAGS)
 
-SCORES   := $(OUT)/scores-$(call key,ra-probe $(RA_VERSION) $(PROBE_FLAGS) $(TEACHER_ID)).ra
-PLAN     := $(OUT)/plan-$(call key,ra-rank $(RA_VERSION) $(RANK_SELECT) $(RANK_FLAGS) $(notdir $(SCORES))).ra
-STUDENT0 := $(OUT)/student0-$(call key,ra-graft $(RA_VERSION) $(GRAFT_ARGS) $(TEACHER_ID) $(notdir $(PLAN))).ra
+SCORES   := $(OUT)/scores-$(call key,ra-probe $(RA_VERSION) $(call content,$(PROBE_FLAGS)) $(TEACHER_ID)).ra
+PLAN     := $(OUT)/plan-$(call key,ra-rank $(RA_VERSION) $(RANK_SELECT) $(call content,$(RANK_FLAGS)) $(notdir $(SCORES))).ra
+STUDENT0 := $(OUT)/student0-$(call key,ra-graft $(RA_VERSION) $(call content,$(GRAFT_ARGS)) $(TEACHER_ID) $(notdir $(PLAN))).ra
 ifeq ($(STAGE1),1)
-STUDENT1 := $(OUT)/student1-$(call key,ra-mohawk1 $(RA_VERSION) $(S1_FLAGS) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT0))).ra
+STUDENT1 := $(OUT)/student1-$(call key,ra-mohawk1 $(RA_VERSION) $(call content,$(S1_FLAGS)) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT0))).ra
 else
 STUDENT1 := $(STUDENT0)
 endif
-S2_KEY   := $(call key,ra-mohawk2 $(RA_VERSION) $(S2_FLAGS) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT1)))
+S2_KEY   := $(call key,ra-mohawk2 $(RA_VERSION) $(call content,$(S2_FLAGS)) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT1)))
 S2_DIR   := $(OUT)/s2-$(S2_KEY)
 STUDENT2 := $(OUT)/student2-$(S2_KEY).ra
-STUDENT3 := $(OUT)/student3-$(call key,ra-mohawk3 $(RA_VERSION) $(S3_FLAGS) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT2))).ra
-RESULTS  := $(OUT)/results-$(call key,ra-eval $(RA_VERSION) $(EVAL_FLAGS) $(EVAL_TOKENS_ID) $(notdir $(STUDENT3))).ra
+STUDENT3 := $(OUT)/student3-$(call key,ra-mohawk3 $(RA_VERSION) $(call content,$(S3_FLAGS)) $(TEACHER_ID) $(TOKENS_ID) $(notdir $(STUDENT2))).ra
+RESULTS  := $(OUT)/results-$(call key,ra-eval $(RA_VERSION) $(call content,$(EVAL_FLAGS)) $(EVAL_TOKENS_ID) $(notdir $(STUDENT3))).ra
 
 .PHONY: all scores plan student0 student1 student2 student3 results clean-intermediate print-KEYS
 all: results

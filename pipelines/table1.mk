@@ -25,8 +25,9 @@
 # documents for ppl/kd), both or neither.  Neither: OUT/data-KEY/ is made with
 # the teacher's tokenizer from `ra-tok --gen-kv` KV-retrieval documents
 # (DATA_KV_DOCS, seed DATA_SEED; held out: DATA_HELDOUT_DOCS, DATA_HELDOUT_SEED)
-# mixed with the text files DATA_TEXT (default: the repository's README and
-# formats/*.md; every DATA_HELDOUT_EVERY-th file held out), the teacher's kind
+# mixed with the text files DATA_TEXT (default: tests/fixtures/table1-text, the
+# README and formats/*.md frozen so that doc edits do not rerun the grid; every
+# DATA_HELDOUT_EVERY-th file held out), the teacher's kind
 # of data (pipelines/teacher.mk).  The KV prompts of the probe (seed 1) and of
 # ra-eval (seed 1000003) are never among them (ra-tok refuses those seeds).
 #
@@ -111,7 +112,7 @@ SPEED_FLAGS ?= --max-batch 16
 EVAL_EXTRA ?=
 
 PIPE := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
-DATA_TEXT ?= $(PIPE)/../README.md $(sort $(wildcard $(PIPE)/../formats/*.md))
+DATA_TEXT ?= $(PIPE)/../tests/fixtures/table1-text/README.md $(sort $(wildcard $(PIPE)/../tests/fixtures/table1-text/formats/*.md))
 DATA_KV_DOCS ?= 20000
 DATA_HELDOUT_DOCS ?= 500
 DATA_SEED ?= 21
@@ -132,8 +133,7 @@ MAKEOVERRIDES :=
 DISTILL := $(PIPE)/distill.mk
 RA_VERSION := $(shell $(RA)ra-show --version | awk '{ print $$NF }')
 comma := ,
-key = $(shell printf '%s' '$(1)' | sha256sum | cut -c1-16)
-sha = $(shell cat $(1) | sha256sum | cut -c1-16)
+include $(PIPE)/keys.mk
 
 # ------------------------------------------------------------------ teacher
 
@@ -259,7 +259,7 @@ RESULTS := $(foreach c,$(CONFIGS),$(RES_$(c)))
 JSONS := $(foreach c,$(CONFIGS),$(JSON_$(c)))
 
 TEACHER_EVAL_FLAGS := --task kv,ppl,mem,speed $(EVAL_COMMON)
-TEACHER_RES := $(OUT)/teacher-eval-$(call key,ra-eval $(RA_VERSION) $(TEACHER_EVAL_FLAGS) $(TEACHER_ID) $(EVAL_ID)).ra
+TEACHER_RES := $(OUT)/teacher-eval-$(call key,ra-eval $(RA_VERSION) $(call content,$(TEACHER_EVAL_FLAGS)) $(TEACHER_ID) $(EVAL_ID)).ra
 TEACHER_JSON := $(OUT)/json/teacher-$(patsubst teacher-eval-%.ra,%,$(notdir $(TEACHER_RES))).json
 
 # The manifest names every configuration's JSON and the budgets; it is keyed

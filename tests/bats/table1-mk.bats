@@ -223,6 +223,19 @@ mtimes() { find "$O" -path "$O/.verified" -prune -o -type f -printf '%p %T@\n' |
     assert_output --partial "student3"
 }
 
+@test "table1.mk: keys follow file contents, not paths (a moved words list reruns nothing, a changed one reruns)" {
+    mk print-CONFIGS >"$BATS_TEST_TMPDIR/a"
+    mkdir "$BATS_TEST_TMPDIR/elsewhere"
+    cp "$ROOT/tests/fixtures/words.txt" "$BATS_TEST_TMPDIR/elsewhere/"
+    mk WORDS="$BATS_TEST_TMPDIR/elsewhere/words.txt" print-CONFIGS >"$BATS_TEST_TMPDIR/b"
+    [ -s "$BATS_TEST_TMPDIR/a" ]
+    cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+    # the same path with other bytes: every results stream gets a new name
+    echo zyzzyva >>"$BATS_TEST_TMPDIR/elsewhere/words.txt"
+    mk WORDS="$BATS_TEST_TMPDIR/elsewhere/words.txt" print-CONFIGS >"$BATS_TEST_TMPDIR/c"
+    [ -z "$(comm -12 <(awk '{ print $NF }' "$BATS_TEST_TMPDIR/a" | sort) <(awk '{ print $NF }' "$BATS_TEST_TMPDIR/c" | sort))" ]
+}
+
 @test "results/table1.md is what the generator makes from the committed H200 run (results/table1-run)" {
     # the page's tables, verdicts and defaults are the generator's; only the hand-written sections
     # from "## How this run was made" on are not
