@@ -9,7 +9,8 @@
 #
 # Every artifact is named by a content key: the first 16 hex digits of the
 # SHA-256 of (tool, ra version, the step's parameters, the keys or content
-# ids of its inputs).  The roots are the content ids of TEACHER and TOKENS
+# ids of its inputs; a file among the parameters counts by its bytes and
+# TEACHER by its content id, not by path: pipelines/keys.mk).  The roots are the content ids of TEACHER and TOKENS
 # (ra-show --id), so a second make does nothing, and changing one stage's
 # parameters renames (reruns) that stage and everything after it while the
 # earlier artifacts are reused.  Every tool writes atomically, so an

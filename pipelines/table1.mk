@@ -39,7 +39,8 @@
 #   EVAL_PAIRS, EVAL_SAMPLES, MEM_LENGTHS, SPEED_FLAGS, EVAL_EXTRA
 #
 # Caching: every artifact is content-keyed by distill.mk (the key of a step
-# is a hash of its tool, version, parameters and the keys of its inputs), so
+# is a hash of its tool, version, parameters (files among them by their bytes,
+# the teacher by its content id: pipelines/keys.mk) and the keys of its inputs), so
 # a second make does nothing, and changing one stage's parameter (S3_TOKENS,
 # say) renames that stage's artifacts and everything after them: only those
 # are made, the earlier ones are reused.  Prerequisites between keyed
