@@ -459,10 +459,10 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         }
         total = 0;
         for (int i = 0; i < n; i++) {
-            if (labels[i] == RA_IGNORE_LABEL) continue;
+            if (labels[i] == RA_LABEL_IGNORE) continue;
             if (labels[i] < 0 || labels[i] >= V)
                 return ra_fail(err, EX_DATAERR, "row %d position %d: label %d, expected 0..%d or %d", i / T, i % T,
-                               labels[i], V - 1, RA_IGNORE_LABEL);
+                               labels[i], V - 1, RA_LABEL_IGNORE);
             total++;
         }
         if (counted) *counted = total;
@@ -512,7 +512,7 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
                                    c);
         } else {
             cuda_loss_ce_rows(t->row_loss + r0, want_grads ? t->zs : NULL, t->zs, d_labels + r0, rows, V,
-                              RA_IGNORE_LABEL, c);
+                              RA_LABEL_IGNORE, c);
         }
         train_prof_mark("lm head: loss rows, gradient");
         if (want_grads)

@@ -42,6 +42,11 @@
 
 #include "error.h"
 
+/* The label of a position no CE loss counts (PyTorch's ignore_index): the
+ * last position of a document, as lib/train_data.h and ra_next_token_labels
+ * label them.  Pass it as ignore_index. */
+#define RA_LABEL_IGNORE (-100)
+
 #define LOSS_DEFAULT_CHUNK 4096
 
 /* ------------------------------------------------------------ stage 1 */

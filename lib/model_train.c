@@ -184,7 +184,7 @@ void ra_next_token_labels(int32_t *labels, const int32_t *tokens, const int32_t 
         for (int t = 0; t < T; t++) {
             size_t i = (size_t)b * T + t;
             int same_doc = t + 1 < T && (!doc_start || doc_start[i + 1] == doc_start[i]);
-            labels[i] = same_doc ? tokens[i + 1] : RA_IGNORE_LABEL;
+            labels[i] = same_doc ? tokens[i + 1] : RA_LABEL_IGNORE;
         }
 }
 
@@ -271,10 +271,10 @@ int ra_model_train_step(ra_model_train *mt, const ra_model_grads *g, ra_stage3_l
         }
         total = 0;
         for (int i = 0; i < n; i++) {
-            if (labels[i] == RA_IGNORE_LABEL) continue;
+            if (labels[i] == RA_LABEL_IGNORE) continue;
             if (labels[i] < 0 || labels[i] >= V)
                 return ra_fail(err, EX_DATAERR, "row %d position %d: label %d, expected 0..%d or %d", i / T, i % T,
-                               labels[i], V - 1, RA_IGNORE_LABEL);
+                               labels[i], V - 1, RA_LABEL_IGNORE);
             total++;
         }
         if (counted) *counted = total;
@@ -299,10 +299,10 @@ int ra_model_train_step(ra_model_train *mt, const ra_model_grads *g, ra_stage3_l
         } else {
             double l;
             int cnt = 0;
-            rc = loss_ce_forward(&l, mt->lse_s, NULL, &cnt, mt->zs, labels + r0, rows, V, RA_IGNORE_LABEL, 0, err);
+            rc = loss_ce_forward(&l, mt->lse_s, NULL, &cnt, mt->zs, labels + r0, rows, V, RA_LABEL_IGNORE, 0, err);
             RA_CHECK(rc == 0); /* labels were checked above */
             sum += cnt * l;
-            if (g) loss_ce_backward(mt->zs, mt->zs, labels + r0, mt->lse_s, rows, V, RA_IGNORE_LABEL,
+            if (g) loss_ce_backward(mt->zs, mt->zs, labels + r0, mt->lse_s, rows, V, RA_LABEL_IGNORE,
                                     total ? (float)((double)dloss * cnt / total) : 0.0f);
         }
         if (g) linear_backward(mt->dxf + (size_t)r0 * D, g->lm_head, NULL, mt->zs, xfn, m->lm_head, rows, D, V);

@@ -15,10 +15,13 @@
  * in its row, as lib/block_train.h takes it: attention never crosses a
  * document, SSM state and conv window reset, RoPE positions restart.
  *
- * Labels for `ce` (ra_next_token_labels): position t of a row is labelled
- * with token t+1 of the same row when that token belongs to the same
- * document; the last position of a row and the last position of every
- * document are ignored (RA_IGNORE_LABEL).
+ * Labels for `ce`: the caller's, as lib/train_data.h makes them (the tools:
+ * the next token of the corpus, so a row's last position is labelled with
+ * the first token of the next row when the document continues there).
+ * Without labels (NULL) ra_next_token_labels makes them from the row alone:
+ * position t gets token t+1 of the same row when that token belongs to the
+ * same document; the last position of a row and of every document are
+ * ignored (RA_LABEL_IGNORE).
  *
  * The teacher (kd) runs ra_forward_cpu up to its last residual (hidden_out,
  * no logits); its final norm and LM head are applied here, chunk by chunk,
@@ -47,11 +50,11 @@
 
 #include "block_train.h"
 #include "error.h"
+#include "loss.h" /* RA_LABEL_IGNORE */
 #include "model.h"
 #include "optim.h"
 
 #define RA_LOGIT_CHUNK_ELEMS (4 << 20)
-#define RA_IGNORE_LABEL (-100)
 
 typedef enum ra_stage3_loss { RA_LOSS_KD = 0, RA_LOSS_CE = 1 } ra_stage3_loss;
 

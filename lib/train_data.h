@@ -41,11 +41,9 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "loss.h" /* RA_LABEL_IGNORE */
 #include "rng.h"
 
-/* Label of a position whose next token is in another document (PyTorch's
- * ignore_index; pass it to loss_ce_forward). */
-#define RA_LABEL_IGNORE (-100)
 
 /* One micro-batch: B rows of T tokens, all arrays [B·T] row-major. */
 typedef struct ra_train_batch {

@@ -225,7 +225,7 @@ TEST(labels_and_errors) {
     ra_next_token_labels(lab, tok, doc_start, B, T);
     for (int i = 0; i < N; i++) {
         int t = i % T, end = t == T - 1 || doc_start[i + 1] != doc_start[i];
-        EXPECT_EQ_INT(lab[i], end ? RA_IGNORE_LABEL : 101 + i);
+        EXPECT_EQ_INT(lab[i], end ? RA_LABEL_IGNORE : 101 + i);
     }
     ra_next_token_labels(lab, tok, NULL, B, T);
     EXPECT_EQ_INT(lab[2], 103);
@@ -243,10 +243,10 @@ TEST(labels_and_errors) {
                   EX_DATAERR);
     EXPECT(strstr(err.msg, "row 1 position 2") != NULL);
     tok[9] = 0;
-    for (int i = 0; i < N; i++) lab[i] = RA_IGNORE_LABEL;
+    for (int i = 0; i < N; i++) lab[i] = RA_LABEL_IGNORE;
     lab[4] = -3;
     EXPECT_EQ_INT(ra_model_train_step(mt, NULL, RA_LOSS_CE, tok, NULL, lab, B, T, 1, 1, &loss, NULL, &err), EX_DATAERR);
-    lab[4] = RA_IGNORE_LABEL;
+    lab[4] = RA_LABEL_IGNORE;
     int cnt = -1;
     EXPECT(ra_model_train_step(mt, NULL, RA_LOSS_CE, tok, NULL, lab, B, T, 1, 1, &loss, &cnt, &err) == 0);
     EXPECT(loss == 0 && cnt == 0);
