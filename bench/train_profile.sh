@@ -4,7 +4,10 @@
 # HEADS kept heads and DiscreteMamba2 N), then runs ra-mohawk3 --device cuda
 # with RA_TRAIN_PROFILE=1 (the phase table goes to stderr at the end), once
 # per RECOMPUTE value; with NSYS=1 and nsys on PATH also a kernel summary.
-# The phase tables and tokens/s go to RESULT (bench/results/profile.md).
+# The phase tables and tokens/s go to RESULT (bench/results/profile.md),
+# made from the run's logs in OUT (s3-rR.log/.tsv, run.info); REPORT_ONLY=1
+# remakes RESULT from an OUT directory without running anything, e.g.
+#   REPORT_ONLY=1 OUT=bench/results/profile-run bench/train_profile.sh
 #   B=4 L=2048 HEADS=10 N=64 STEPS=6 RECOMPUTE="0 1" OUT=/tmp/tp WORK=/tmp/tpw bench/train_profile.sh
 # Needs bin/ built, build/tests/mk-scores, python3 (bench/torch_ref/train.py --print, no GPU work).
 set -uo pipefail
@@ -13,8 +16,29 @@ B=${B:-4} L=${L:-2048} HEADS=${HEADS:-10} N=${N:-64} STEPS=${STEPS:-6} RECOMPUTE
 OUT=${OUT:-/tmp/ra-train-profile} W=${WORK:-/tmp/ra-train-profile-work} NSYS=${NSYS:-0}
 RESULT=${RESULT:-bench/results/profile.md}
 PY=bench/torch_ref/train.py
-mkdir -p "$OUT" "$W/teacher"
-if [ ! -s "$W/tokens.ra" ]; then
+report() {
+    echo "# Where a CUDA stage-3 step spends its time"
+    echo
+    echo "Made by \`$(sed -n 's/^command=//p' "$OUT/run.info")\`"
+    echo "at commit $(sed -n 's/^commit=//p' "$OUT/run.info") on $(sed -n 's/^gpu=//p' "$OUT/run.info")."
+    echo
+    for r in $(sed -n 's/^recompute=//p' "$OUT/run.info"); do
+        echo "## RA_TRAIN_RECOMPUTE=$r"
+        echo
+        echo '```'
+        tr '\r' '\n' <"$OUT/s3-r$r.log" | grep -v ': step ' | tail -n 60
+        tokens_per_s "$OUT/s3-r$r.tsv"
+        echo '```'
+        echo
+    done
+}
+tokens_per_s() {
+    awk -F'\t' 'NR > 1 { k[NR] = $2; e[NR] = $7; n = NR } END { if (n > 3) printf "tokens/s after step 2: %.0f\n", (k[n] - k[3]) / (e[n] - e[3]) }' "$1"
+}
+REPORT_ONLY=${REPORT_ONLY:-0}
+mkdir -p "$OUT"
+if [ "$REPORT_ONLY" != 1 ] && [ ! -s "$W/tokens.ra" ]; then
+    mkdir -p "$W/teacher"
     python3 $PY --print config >"$W/teacher/config.json" || { echo "profile: config failed"; exit 1; }
     read -r LAYERS H HKV HD V < <(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))
 print(c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], c["vocab_size"])' \
@@ -35,35 +59,19 @@ for _ in range(rows): print(" ".join(str(r.randrange(V)) for _ in range(L)))' $(
 fi
 args=(-m "$W/teacher.ra" -d "$W/tokens.ra" --batch "$B" --seq-len "$L" --steps "$STEPS" --device cuda --dtype bf16
       -s "$W/student.ra" --loss kd -o "$W/out.ra")
-report() {
-    echo "# Where a CUDA stage-3 step spends its time"
-    echo
-    echo "Made by \`B=$B L=$L HEADS=$HEADS N=$N STEPS=$STEPS RECOMPUTE=\"$RECOMPUTE\" bench/train_profile.sh\`"
-    echo "at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)."
-    echo
+if [ "$REPORT_ONLY" != 1 ]; then
+    printf 'command=B=%s L=%s HEADS=%s N=%s STEPS=%s RECOMPUTE="%s" bench/train_profile.sh\ncommit=%s\ngpu=%s\nrecompute=%s\n' \
+        "$B" "$L" "$HEADS" "$N" "$STEPS" "$RECOMPUTE" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" "$RECOMPUTE" >"$OUT/run.info"
     for r in $RECOMPUTE; do
-        echo "## RA_TRAIN_RECOMPUTE=$r"
-        echo
-        echo '```'
-        tr '\r' '\n' <"$OUT/s3-r$r.log" | grep -v ': step ' | tail -n 60
-        tokens_per_s "$OUT/s3-r$r.tsv"
-        echo '```'
-        echo
+        echo "== RA_TRAIN_RECOMPUTE=$r RA_TRAIN_PROFILE=1 bin/ra-mohawk3 ${args[*]} --log $OUT/s3-r$r.tsv"
+        env RA_TRAIN_RECOMPUTE="$r" RA_TRAIN_PROFILE=1 bin/ra-mohawk3 "${args[@]}" --log "$OUT/s3-r$r.tsv" \
+            >"$OUT/s3-r$r.log" 2>&1
+        echo "exit $?"
     done
-}
-tokens_per_s() {
-    awk -F'\t' 'NR > 1 { k[NR] = $2; e[NR] = $7; n = NR } END { if (n > 3) printf "tokens/s after step 2: %.0f\n", (k[n] - k[3]) / (e[n] - e[3]) }' "$1"
-}
-for r in $RECOMPUTE; do
-    echo "== RA_TRAIN_RECOMPUTE=$r RA_TRAIN_PROFILE=1 bin/ra-mohawk3 ${args[*]} --log $OUT/s3-r$r.tsv"
-    env RA_TRAIN_RECOMPUTE="$r" RA_TRAIN_PROFILE=1 bin/ra-mohawk3 "${args[@]}" --log "$OUT/s3-r$r.tsv" \
-        >"$OUT/s3-r$r.log" 2>&1
-    echo "exit $?"
-    tr '\r' '\n' <"$OUT/s3-r$r.log" | grep -v ': step ' | tail -n 60
-    tokens_per_s "$OUT/s3-r$r.tsv"
-done
-report >"$RESULT.tmp" && mv "$RESULT.tmp" "$RESULT" && echo "wrote $RESULT"
-if [ "$NSYS" = 1 ] && command -v nsys >/dev/null; then
+fi
+report >"$RESULT.tmp" && mv "$RESULT.tmp" "$RESULT" && cat "$RESULT"
+if [ "$REPORT_ONLY" != 1 ] && [ "$NSYS" = 1 ] && command -v nsys >/dev/null; then
     r=${RECOMPUTE%% *}
     env RA_TRAIN_RECOMPUTE="$r" nsys profile -q -o "$OUT/nsys-s3" --force-overwrite true bin/ra-mohawk3 "${args[@]}" \
         --steps 3 >"$OUT/nsys-run.log" 2>&1

@@ -31,6 +31,15 @@ setup() {
     assert_output --partial "bench/tokenize.sh"
 }
 
+@test "train_profile.sh REPORT_ONLY=1: bench/results/profile.md is what the committed run's logs make" {
+    cd "$ROOT"
+    RESULT="$T/profile.md" REPORT_ONLY=1 OUT=bench/results/profile-run run bench/train_profile.sh
+    assert_success
+    assert_output --partial "tokens/s after step 2: 30942"
+    # everything but the hand-written reading at the end
+    diff "$T/profile.md" <(sed '/^## Reading (added by hand/,$d' bench/results/profile.md)
+}
+
 @test "train.py --print: the Llama-3.2-1B config, 10 heads spread over the layers" {
     run python3 "$PY" --print config
     assert_success
