@@ -22,30 +22,11 @@
 #include "dm2.h"
 #include "dm2_cuda.h"
 #include "dtype.h"
+#include "bench.h"
 #include "ops_cuda.h"
+#include "rng.h"
 #include "ssd_cuda.h"
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static float randu(void) { /* [-1, 1) */
-    rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
-    return (float)(((rng_state * 0x2545F4914F6CDD1Dull) >> 40) * (1.0 / 8388608.0) * 2.0 - 1.0);
-}
-static uint16_t *dev_random_bf16(size_t n, float scale) {
-    float *h = xmalloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = scale * randu();
-    uint16_t *d = cuda_malloc(n * sizeof(uint16_t));
-    cuda_upload_bf16(d, h, n);
-    free(h);
-    return d;
-}
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-static float median(float *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_float);
-    return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
 static void hash_dev(XXH3_state_t *st, const void *d, size_t bytes) {
     void *h = xmalloc(bytes);
     cuda_synchronize();
@@ -80,17 +61,21 @@ int main(int argc, char **argv) {
     const size_t BT = (size_t)B * T, np = dm2_param_count(&cfg), od = dm2_out_dim(&cfg);
     dm2_params prm;
     dm2_params_alloc(&prm, &cfg);
-    for (size_t i = 0; i < np; i++) prm.memory[i] = 0.05f * randu();
+    ra_rng rng;
+    rng_seed(&rng, 1);
+    rng_fill_uniform(&rng, prm.memory, np, -0.05f, 0.05f);
     cuda_dm2_params dp;
     cuda_dm2_params_upload(&dp, &prm, &cfg);
     cuda_dm2_acts *s = cuda_dm2_acts_alloc(B, T, &cfg, &err);
     if (!s) ra_die_error(&err);
     cuda_dm2_grads g;
     cuda_dm2_grads_alloc(&g, &cfg);
-    uint16_t *u = dev_random_bf16(BT * D, 1), *dout = dev_random_bf16(BT * od, 1), *out = cuda_malloc(BT * od * 2);
+    uint16_t *u = cuda_malloc(BT * D * 2), *dout = cuda_malloc(BT * od * 2), *out = cuda_malloc(BT * od * 2);
+    cuda_fill_uniform_bf16(u, (int64_t)(BT * D), 0.0f, 1.0f, 2);
+    cuda_fill_uniform_bf16(dout, (int64_t)(BT * od), 0.0f, 1.0f, 3);
     uint16_t *du = cuda_malloc(BT * D * 2);
     uint8_t *sh = xmalloc(BT);
-    for (size_t i = 0; i < BT; i++) sh[i] = randu() > 0.998f; /* documents of ~1000 tokens */
+    for (size_t i = 0; i < BT; i++) sh[i] = rng_uniform(&rng) > 0.999; /* documents of ~1000 tokens */
     uint8_t *st = cuda_malloc(BT);
     cuda_upload(st, sh, BT);
     free(sh);
@@ -117,7 +102,7 @@ int main(int argc, char **argv) {
         cudaEventSynchronize(e1);
         if (i >= 3) cudaEventElapsedTime(&t_ssd[i - 3], e0, e1);
     }
-    float m_mix = median(t_mix, iters), m_ssd = median(t_ssd, iters);
+    float m_mix = bench_median(t_mix, iters), m_ssd = bench_median(t_ssd, iters);
 
     XXH128_hash_t *hs = xmalloc(sizeof *hs * repeats);
     int distinct = 0;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "forward_cuda.h"
+#include "bench.h"
 #include "ops_cuda.h"
 
 #define CK(x)                                                                                    \
@@ -31,15 +32,6 @@
         }                                                                                        \
     } while (0)
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-static float median(float *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_float);
-    return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static size_t used_bytes(void) {
     size_t f, t;
@@ -127,7 +119,7 @@ int main(int argc, char **argv) {
     size_t peak = used_bytes() - base;
     float best = ms[0];
     for (int i = 1; i < iters; i++) best = ms[i] < best ? ms[i] : best;
-    float med = median(ms, iters);
+    float med = bench_median(ms, iters);
     double sec = med / 1e3;
 
     /* the parts alone: attention over a fused qkv buffer, the LM head GEMM */
@@ -159,7 +151,7 @@ int main(int argc, char **argv) {
         if (i) CK(cudaEventElapsedTime(&t_head[i - 1], e0, e1));
     }
     cuda_free(xn);
-    double attn_ms = median(t_attn, 5), head_ms = median(t_head, 5);
+    double attn_ms = bench_median(t_attn, 5), head_ms = bench_median(t_head, 5);
     double attn_tflops = flops_attn / layers / (attn_ms / 1e3) / 1e12;
     double head_tflops = 2.0 * n * V * D / (head_ms / 1e3) / 1e12;
 

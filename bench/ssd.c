@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "bench.h"
 #include "ops_cuda.h"
 #include "ssd.h"
 #include "ssd_cuda.h"
@@ -41,14 +42,6 @@
         }                                                                                        \
     } while (0)
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-static float median(float *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_float);
-    return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
 static size_t used_bytes(void) {
     size_t f, t;
     cuda_mem_info(&f, &t);
@@ -121,7 +114,7 @@ static float time_ms(void (*fn)(bench_ctx *), bench_ctx *c, int warmup, int iter
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&ms[i], e0, e1));
     }
-    float m = median(ms, iters);
+    float m = bench_median(ms, iters);
     free(ms);
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
