@@ -28,6 +28,7 @@
 #include "ops_cuda.h"
 #include "optim.h"
 #include "test.h"
+#include "gpu_test.h"
 
 #define TOL_ELEM 5e-3
 #define TOL_GEMM 1e-2
@@ -666,14 +667,7 @@ TEST(adamw_nan_leaves_everything_unchanged) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(embedding_backward_is_bit_identical);
     RUN(rmsnorm_backward_matches_cpu);
     RUN(linear_backward_matches_cpu);

@@ -15,6 +15,7 @@
 #include "forward_cuda.h"
 #include "gpu_hybrid_fixture.h"
 #include "ops_cuda.h"
+#include "gpu_test.h"
 
 #define TOL_TEACHER 2e-2
 #define TOL_HYBRID 3e-2
@@ -189,11 +190,7 @@ TEST(decode_errors) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
+    if (gpu_test_start()) return 1;
     RUN(decode_matches_forward_and_cpu_decode);
     RUN(left_padded_prompts_over_prefill_groups);
     RUN(decode_backend_dispatch);

@@ -20,6 +20,7 @@
 #include "ssd.h"
 #include "ssd_cuda.h"
 #include "test.h"
+#include "gpu_test.h"
 
 static uint16_t *dev_rnd_bf16(size_t n, float scale) {
     float *h = xmalloc(n * sizeof(float) + 4);
@@ -338,14 +339,7 @@ TEST(mixer_backward_is_bit_repeatable) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(ssd_backward_is_bit_repeatable);
     RUN(conv_and_gate_backward_are_bit_repeatable);
     RUN(mixer_backward_is_bit_repeatable);

@@ -15,6 +15,7 @@
 #include "ops_cuda.h"
 #include "ssd.h"
 #include "test.h"
+#include "gpu_test.h"
 
 #define TOL_BF16 1e-2
 #define TOL_F32 1e-5
@@ -462,14 +463,7 @@ TEST(prefill_then_step_matches_cpu) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(conv_matches_cpu);
     RUN(decay_and_gate_match_cpu);
     RUN(step_matches_cpu);

@@ -15,6 +15,7 @@
 #include "ops_cuda.h"
 #include "safetensors.h"
 #include "test.h"
+#include "gpu_test.h"
 
 #define TOL 2e-2
 
@@ -435,14 +436,7 @@ TEST(golden_logits) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(logits_match_cpu_forward);
     RUN(options_match_cpu_forward);
     RUN(cached_start_and_device_logits);

@@ -22,6 +22,7 @@
 #include "forward_cuda.h"
 #include "gpu_hybrid_fixture.h"
 #include "ops_cuda.h"
+#include "gpu_test.h"
 
 #define TOL_TEACHER 2e-2
 #define TOL_HYBRID 3e-2
@@ -168,11 +169,7 @@ TEST(dispatch_runs_hybrids_on_cuda) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
+    if (gpu_test_start()) return 1;
     RUN(hybrid_logits_match_cpu);
     RUN(hybrid_options_match_cpu);
     RUN(dispatch_runs_hybrids_on_cuda);

@@ -12,6 +12,7 @@
 #include "ops.h"
 #include "ops_cuda.h"
 #include "test.h"
+#include "gpu_test.h"
 
 /* Tolerances, relative L2 (‖gpu − cpu‖ / ‖cpu‖).  A bf16 output alone is
  * ~1.5e-3 off; attention also rounds P to bf16. */
@@ -598,14 +599,7 @@ TEST(gather_rows_and_conversions) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(embedding_matches_cpu);
     RUN(rmsnorm_matches_cpu);
     RUN(linear_matches_cpu);

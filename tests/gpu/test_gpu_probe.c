@@ -17,6 +17,7 @@
 #include "probe.h"
 #include "probe_cuda.h"
 #include "test.h"
+#include "gpu_test.h"
 
 static hf_config tiny_config(int variant) {
     hf_config c;
@@ -378,11 +379,7 @@ TEST(gpu_view_upload_and_session_match_plain_runs) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
+    if (gpu_test_start()) return 1;
     RUN(gpu_engine_equals_zeroed_o_proj_choice);
     RUN(gpu_engine_equals_zeroed_o_proj_last_token_qwen);
     RUN(gpu_engine_matches_cpu_engine_and_is_deterministic);

@@ -14,6 +14,7 @@
 #include "ssd.h"
 #include "ssd_cuda.h"
 #include "test.h"
+#include "gpu_test.h"
 
 /* Relative L2 tolerances.  A bf16 output alone is ~2e-3 off. */
 #define TOL_BF16 1e-2
@@ -275,14 +276,7 @@ TEST(dims_are_checked) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(chunked_small_shapes_match_cpu);
     RUN(chunked_groups_and_state_sizes_match_cpu);
     RUN(chunked_training_shape_matches_cpu);

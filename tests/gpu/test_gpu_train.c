@@ -42,6 +42,7 @@
 #include "optim.h"
 #include "stage2.h"
 #include "test.h"
+#include "gpu_test.h"
 
 #define TOL_LOSS 2e-3
 #define TOL_GRAD 4e-2
@@ -375,14 +376,7 @@ TEST(stage2_matches_cpu) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     make_doc_start();
     RUN(teacher_shaped_ce_and_kd_match_cpu);
     RUN(optimiser_steps_lower_the_loss);

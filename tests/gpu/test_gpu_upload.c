@@ -20,6 +20,7 @@
 #include "error.h"
 #include "ops_cuda.h"
 #include "test.h"
+#include "gpu_test.h"
 
 static float bits_f32(uint32_t u) {
     float f;
@@ -158,14 +159,7 @@ TEST(download_bf16_is_exact) {
 }
 
 int main(void) {
-    ra_error err = {0, ""};
-    if (cuda_device_init(0, &err)) {
-        printf("not ok 1 - CUDA device: %s\n1..1\n", err.msg);
-        return 1;
-    }
-    char desc[256];
-    cuda_device_describe(desc, sizeof desc);
-    printf("# %s\n", desc);
+    if (gpu_test_start()) return 1;
     RUN(upload_bf16_rounds_like_the_cpu);
     RUN(upload_bf16_back_to_back_reuses_staging);
     RUN(download_bf16_is_exact);
