@@ -166,8 +166,8 @@ extern "C" size_t cuda_blocks_layer_bytes(const cuda_model *cm, int B, int T) {
     size_t bytes = n * (D * 2 * 3 + 8 + d.w * 2 + d.katt * 2 + d.ssm_w * 2 + d.slots * 2 + d.slots2 * 2 + d.stats * 4 +
                         d.aprojs * 4 + 2 * I * 2 + I * 2);
     if (d.any_ssm) { /* dm2 saved + backward buffers, roughly: in_proj output and 3 inner-wide, twice */
-        size_t in_dim = dm2_in_proj_dim(&d.big), inner = dm2_d_inner(&d.big);
-        bytes += 2 * n * (in_dim + 3 * inner) * 2;
+        size_t ld = dm2_in_proj_ld(&d.big), inner = dm2_d_inner(&d.big);
+        bytes += 2 * n * (ld + 3 * inner) * 2;
     }
     return bytes;
 }
@@ -339,32 +339,6 @@ static cuda_dm2_acts dm2_view(const block_acts *a, const cuda_blocks *b, int l, 
     return v;
 }
 
-/* Selective recomputation of the DM2 mixer: everything but the SSD core
- * (whose output y and chunk states were kept): in_proj, the x / B / C
- * convs and the decays, then the gate (and out_proj) into out.  The same
- * steps as kernels/dm2_mixer.cu's forward, on the same in_proj layout
- * (x | B | C | z | A_log columns). */
-static void dm2_recompute(uint16_t *out, cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *u,
-                          const uint8_t *starts) {
-    const dm2_config *c = &s->cfg;
-    int inner = dm2_d_inner(c), gn = c->n_groups * c->d_state, in_dim = dm2_in_proj_dim(c);
-    int off_B = inner, off_C = inner + gn, off_z = inner + 2 * gn, off_A = off_z + inner;
-    int64_t BT = (int64_t)s->B * s->T;
-    cuda_linear_forward(s->proj, u, p->in_proj_w, NULL, (int)BT, c->d_model, in_dim);
-    cuda_dm2_conv_forward(s->x, inner, s->proj, in_dim, p->conv_w, p->conv_b, starts, s->B, s->T, inner);
-    cuda_dm2_conv_forward(s->Bm, gn, s->proj + off_B, in_dim, p->conv_w + (size_t)off_B * DM2_CONV_K,
-                          p->conv_b + off_B, starts, s->B, s->T, gn);
-    cuda_dm2_conv_forward(s->Cm, gn, s->proj + off_C, in_dim, p->conv_w + (size_t)off_C * DM2_CONV_K,
-                          p->conv_b + off_C, starts, s->B, s->T, gn);
-    cuda_dm2_decay_forward(s->a, s->proj + off_A, in_dim, BT, c->n_heads);
-    if (p->out_proj_w) {
-        cuda_dm2_gate_forward(s->yg, s->y, s->proj + off_z, in_dim, p->z_bias, BT, inner);
-        cuda_linear_forward(out, s->yg, p->out_proj_w, NULL, (int)BT, inner, c->d_model);
-    } else {
-        cuda_dm2_gate_forward(out, s->y, s->proj + off_z, in_dim, p->z_bias, BT, inner);
-    }
-}
-
 /* again = 1: the selective recomputation before layer l's backward: the
  * kept attention and SSD-core outputs are used as they are, and the
  * layer's output (already the next layer's input) is not made again. */
@@ -398,7 +372,7 @@ static void block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *
     if (s.Hs) {
         cuda_dm2_acts v = dm2_view(a, b, l, bt);
         if (again) {
-            dm2_recompute(a->ssm_out, &v, &Y->ssm, a->xn1, bt->starts);
+            cuda_dm2_forward_around_ssd(a->ssm_out, &v, &Y->ssm, a->xn1, bt->starts);
             train_prof_mark("recompute: dm2 (all but the SSD core)");
         } else {
             cuda_dm2_forward(a->ssm_out, NULL, &v, &Y->ssm, a->xn1, bt->starts);

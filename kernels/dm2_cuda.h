@@ -110,13 +110,20 @@ void cuda_dm2_conv_state_from_prompt(float *conv_state, const uint16_t *proj, in
  * in_proj and out_proj through cuBLAS(Lt) with bf16 operands; proj, the conv
  * outputs, y and yg stored bf16, a fp32; the SSD core of kernels/ssd_cuda.h. */
 
+/* The row stride of proj and dproj: in_proj_dim rounded up to 8 elements so
+ * every row starts 16-byte aligned.  in_proj_dim is 257·Hs for head dim 64
+ * and N 64 (G = Hs), odd whenever Hs is (a layer with one kept head of 32),
+ * and an odd stride sends cuBLAS to its slow unaligned kernels for in_proj's
+ * forward and both backward GEMMs. */
+static inline int dm2_in_proj_ld(const dm2_config *cfg) { return (dm2_in_proj_dim(cfg) + 7) / 8 * 8; }
+
 /* Saved activations, backward workspace and the SSD workspace for a [B, T]
  * batch (device); NULL with *err filled on a bad config, B or T < 1, a head
  * shape the SSD kernels do not take, or too little GPU memory. */
 typedef struct cuda_dm2_acts {
     int B, T;
     dm2_config cfg;
-    uint16_t *proj, *x, *Bm, *Cm, *y, *yg;     /* bf16, shapes as dm2_acts */
+    uint16_t *proj, *x, *Bm, *Cm, *y, *yg;     /* bf16, shapes as dm2_acts; proj rows dm2_in_proj_ld apart */
     float *a;                                  /* [B,T,Hs] */
     uint16_t *dproj, *dx, *dBm, *dCm, *dy, *dyg;
     float *da, *dD;
@@ -142,6 +149,11 @@ void cuda_dm2_grads_free(cuda_dm2_grads *g);
  * must match p->out_proj_w != NULL. */
 void cuda_dm2_forward(uint16_t *out, float *final_state, cuda_dm2_acts *s, const cuda_dm2_params *p,
                       const uint16_t *u, const uint8_t *starts);
+/* cuda_dm2_forward again on the same u after its SSD core's output s->y and
+ * chunk states (s->ws) were kept: everything but the SSD core, for
+ * selective recomputation before the backward. */
+void cuda_dm2_forward_around_ssd(uint16_t *out, cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *u,
+                                 const uint8_t *starts);
 /* Given dout, accumulates into every gradient of g and into du (optional,
  * bf16 [B,T,D], +=).  u and starts must be those of the forward, which must
  * be the last cuda_dm2_forward on s (its chunk states are reused). */

@@ -36,12 +36,13 @@ static __global__ void add_f32_kernel(float *y, const float *x, int n) {
 }
 
 typedef struct {
-    int in_dim, inner, gn, H, off_B, off_C, off_z, off_A, conv;
+    int in_dim, ld, inner, gn, H, off_B, off_C, off_z, off_A, conv;
 } layout;
 
 static layout layout_of(const dm2_config *c) {
     layout l;
-    l.in_dim = dm2_in_proj_dim(c), l.inner = dm2_d_inner(c), l.gn = c->n_groups * c->d_state, l.H = c->n_heads;
+    l.in_dim = dm2_in_proj_dim(c), l.ld = dm2_in_proj_ld(c), l.inner = dm2_d_inner(c);
+    l.gn = c->n_groups * c->d_state, l.H = c->n_heads;
     l.off_B = l.inner, l.off_C = l.inner + l.gn, l.off_z = l.inner + 2 * l.gn, l.off_A = l.off_z + l.inner;
     l.conv = dm2_conv_dim(c);
     return l;
@@ -66,8 +67,8 @@ extern "C" cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cf
         size_t bytes;
         const char *what;
     } bufs[] = {
-        {(void **)&s->proj, BT * L.in_dim * 2, "dm2 in_proj output"},
-        {(void **)&s->dproj, BT * L.in_dim * 2, "dm2 in_proj gradient"},
+        {(void **)&s->proj, BT * L.ld * 2, "dm2 in_proj output"},
+        {(void **)&s->dproj, BT * L.ld * 2, "dm2 in_proj gradient"},
         {(void **)&s->x, BT * L.inner * 2, "dm2 conv x"},
         {(void **)&s->dx, BT * L.inner * 2, "dm2 conv x gradient"},
         {(void **)&s->Bm, BT * L.gn * 2, "dm2 conv B"},
@@ -106,29 +107,40 @@ static void project(cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *
     const dm2_config *c = &s->cfg;
     const layout L = layout_of(c);
     const int64_t BT = (int64_t)s->B * s->T;
-    cuda_linear_forward(s->proj, u, p->in_proj_w, NULL, (int)BT, c->d_model, L.in_dim);
+    gemm_rm(false, true, (int)BT, L.in_dim, c->d_model, u, c->d_model, p->in_proj_w, c->d_model, 0.0f, s->proj, false,
+            L.ld);
     if (with_x)
-        cuda_dm2_conv_forward(s->x, L.inner, s->proj, L.in_dim, p->conv_w, p->conv_b, starts, s->B, s->T, L.inner);
-    cuda_dm2_conv_forward(s->Bm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (size_t)L.off_B * DM2_CONV_K,
+        cuda_dm2_conv_forward(s->x, L.inner, s->proj, L.ld, p->conv_w, p->conv_b, starts, s->B, s->T, L.inner);
+    cuda_dm2_conv_forward(s->Bm, L.gn, s->proj + L.off_B, L.ld, p->conv_w + (size_t)L.off_B * DM2_CONV_K,
                           p->conv_b + L.off_B, starts, s->B, s->T, L.gn);
-    cuda_dm2_conv_forward(s->Cm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (size_t)L.off_C * DM2_CONV_K,
+    cuda_dm2_conv_forward(s->Cm, L.gn, s->proj + L.off_C, L.ld, p->conv_w + (size_t)L.off_C * DM2_CONV_K,
                           p->conv_b + L.off_C, starts, s->B, s->T, L.gn);
-    cuda_dm2_decay_forward(s->a, s->proj + L.off_A, L.in_dim, BT, L.H);
+    cuda_dm2_decay_forward(s->a, s->proj + L.off_A, L.ld, BT, L.H);
+}
+
+/* y → gate with z → out_proj (or the gated y itself) into out. */
+static void gate_and_project_out(uint16_t *out, cuda_dm2_acts *s, const cuda_dm2_params *p) {
+    const dm2_config *c = &s->cfg;
+    const layout L = layout_of(c);
+    const int64_t BT = (int64_t)s->B * s->T;
+    uint16_t *gated = p->out_proj_w ? s->yg : out;
+    cuda_dm2_gate_forward(gated, s->y, s->proj + L.off_z, L.ld, p->z_bias, BT, L.inner);
+    if (p->out_proj_w) cuda_linear_forward(out, s->yg, p->out_proj_w, NULL, (int)BT, L.inner, c->d_model);
 }
 
 extern "C" void cuda_dm2_forward(uint16_t *out, float *final_state, cuda_dm2_acts *s, const cuda_dm2_params *p,
                                  const uint16_t *u, const uint8_t *starts) {
     const dm2_config *c = &s->cfg;
-    const layout L = layout_of(c);
-    const int64_t BT = (int64_t)s->B * s->T;
     project(s, p, u, starts, 1);
     ssd_dims d = dm2_ssd_dims(c, s->B, s->T);
     cuda_ssd_chunked_forward(s->y, final_state, s->x, s->Bm, s->Cm, s->a, p->D, starts, NULL, &d, chunk_of(c), s->ws);
-    cuda_dm2_gate_forward(s->yg, s->y, s->proj + L.off_z, L.in_dim, p->z_bias, BT, L.inner);
-    if (p->out_proj_w)
-        cuda_linear_forward(out, s->yg, p->out_proj_w, NULL, (int)BT, L.inner, c->d_model);
-    else
-        cuda_copy(out, s->yg, sizeof(uint16_t) * BT * L.inner);
+    gate_and_project_out(out, s, p);
+}
+
+extern "C" void cuda_dm2_forward_around_ssd(uint16_t *out, cuda_dm2_acts *s, const cuda_dm2_params *p,
+                                            const uint16_t *u, const uint8_t *starts) {
+    project(s, p, u, starts, 1);
+    gate_and_project_out(out, s, p);
 }
 
 /* From dx (with_x), dBm, dCm, da and the z columns of dproj back through
@@ -138,24 +150,24 @@ static void backward_to_input(cuda_dm2_grads *g, uint16_t *du, cuda_dm2_acts *s,
     const dm2_config *c = &s->cfg;
     const layout L = layout_of(c);
     const int64_t BT = (int64_t)s->B * s->T;
-    cuda_dm2_decay_backward(s->dproj + L.off_A, L.in_dim, s->da, s->proj + L.off_A, L.in_dim, BT, L.H);
+    cuda_dm2_decay_backward(s->dproj + L.off_A, L.ld, s->da, s->proj + L.off_A, L.ld, BT, L.H);
     if (with_x)
-        cuda_dm2_conv_backward(s->dproj, L.in_dim, g->conv_w, g->conv_b, s->dx, L.inner, s->proj, L.in_dim, p->conv_w,
+        cuda_dm2_conv_backward(s->dproj, L.ld, g->conv_w, g->conv_b, s->dx, L.inner, s->proj, L.ld, p->conv_w,
                                starts, s->B, s->T, L.inner, s->sums_ws);
     else
-        CUDA_CHECK(cudaMemset2DAsync(s->dproj, (size_t)L.in_dim * 2, 0, (size_t)L.inner * 2, (size_t)BT,
+        CUDA_CHECK(cudaMemset2DAsync(s->dproj, (size_t)L.ld * 2, 0, (size_t)L.inner * 2, (size_t)BT,
                                      ra_cuda_stream));
-    cuda_dm2_conv_backward(s->dproj + L.off_B, L.in_dim, g->conv_w + (size_t)L.off_B * DM2_CONV_K, g->conv_b + L.off_B,
-                           s->dBm, L.gn, s->proj + L.off_B, L.in_dim, p->conv_w + (size_t)L.off_B * DM2_CONV_K, starts,
+    cuda_dm2_conv_backward(s->dproj + L.off_B, L.ld, g->conv_w + (size_t)L.off_B * DM2_CONV_K, g->conv_b + L.off_B,
+                           s->dBm, L.gn, s->proj + L.off_B, L.ld, p->conv_w + (size_t)L.off_B * DM2_CONV_K, starts,
                            s->B, s->T, L.gn, s->sums_ws);
-    cuda_dm2_conv_backward(s->dproj + L.off_C, L.in_dim, g->conv_w + (size_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
-                           s->dCm, L.gn, s->proj + L.off_C, L.in_dim, p->conv_w + (size_t)L.off_C * DM2_CONV_K, starts,
+    cuda_dm2_conv_backward(s->dproj + L.off_C, L.ld, g->conv_w + (size_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
+                           s->dCm, L.gn, s->proj + L.off_C, L.ld, p->conv_w + (size_t)L.off_C * DM2_CONV_K, starts,
                            s->B, s->T, L.gn, s->sums_ws);
     /* dW_in += dprojᵀ u;  du += dproj W_in */
-    gemm_rm(true, false, L.in_dim, c->d_model, (int)BT, s->dproj, L.in_dim, u, c->d_model, 1.0f, g->in_proj_w, true,
+    gemm_rm(true, false, L.in_dim, c->d_model, (int)BT, s->dproj, L.ld, u, c->d_model, 1.0f, g->in_proj_w, true,
             c->d_model);
     if (du)
-        gemm_rm(false, false, (int)BT, c->d_model, L.in_dim, s->dproj, L.in_dim, p->in_proj_w, c->d_model, 1.0f, du,
+        gemm_rm(false, false, (int)BT, c->d_model, L.in_dim, s->dproj, L.ld, p->in_proj_w, c->d_model, 1.0f, du,
                 false, c->d_model);
 }
 
@@ -177,7 +189,7 @@ extern "C" void cuda_dm2_backward(cuda_dm2_grads *g, uint16_t *du, const uint16_
                 false, L.inner);
         dyg = s->dyg;
     }
-    cuda_dm2_gate_backward(s->dy, s->dproj + L.off_z, L.in_dim, g->z_bias, dyg, s->y, s->proj + L.off_z, L.in_dim,
+    cuda_dm2_gate_backward(s->dy, s->dproj + L.off_z, L.ld, g->z_bias, dyg, s->y, s->proj + L.off_z, L.ld,
                            p->z_bias, BT, L.inner, s->sums_ws);
     ssd_dims d = dm2_ssd_dims(c, s->B, s->T);
     /* s->ws still holds the chunk states of the forward on these acts */
@@ -201,7 +213,7 @@ extern "C" void cuda_dm2_matrix_backward(cuda_dm2_grads *g, uint16_t *du, const 
     ssd_dims d = dm2_ssd_dims(&s->cfg, s->B, s->T);
     cuda_ssd_matrix_backward(s->dBm, s->dCm, s->da, s->dD, dTm, s->Bm, s->Cm, s->a, starts, &d, NULL);
     add_dD(g->D, s->dD, L.H);
-    CUDA_CHECK(cudaMemset2DAsync(s->dproj + L.off_z, (size_t)L.in_dim * 2, 0, (size_t)L.inner * 2, (size_t)BT,
+    CUDA_CHECK(cudaMemset2DAsync(s->dproj + L.off_z, (size_t)L.ld * 2, 0, (size_t)L.inner * 2, (size_t)BT,
                                  ra_cuda_stream));
     backward_to_input(g, du, s, p, u, starts, 0);
 }
@@ -210,7 +222,7 @@ extern "C" void cuda_dm2_prefill(uint16_t *out, cuda_dm2_acts *s, cuda_dm2_cache
                                  const uint16_t *u, const uint8_t *starts) {
     RA_CHECK(c->B == s->B);
     cuda_dm2_forward(out, c->ssm, s, p, u, starts);
-    cuda_dm2_conv_state_from_prompt(c->conv, s->proj, dm2_in_proj_dim(&s->cfg), starts, s->B, s->T,
+    cuda_dm2_conv_state_from_prompt(c->conv, s->proj, dm2_in_proj_ld(&s->cfg), starts, s->B, s->T,
                                     dm2_conv_dim(&s->cfg));
 }
 

@@ -198,11 +198,11 @@ static void dm2_acts_alloc(cuda_hybrid_acts *a, const cuda_forward_state *s, cud
         if (b > ws) ws = b;
     }
     if (!big.n_heads) return;
-    size_t n = (size_t)s->B_max * s->T_max, in_dim = dm2_in_proj_dim(&big), inner = dm2_d_inner(&big);
+    size_t n = (size_t)s->B_max * s->T_max, ld = dm2_in_proj_ld(&big), inner = dm2_d_inner(&big);
     size_t gn = (size_t)big.n_groups * big.d_state;
     cuda_dm2_acts *d = &a->dm2;
     d->B = s->B_max, d->T = s->T_max, d->cfg = big;
-    d->proj = (uint16_t *)cuda_alloc_in(al, n * in_dim * 2, "dm2 in_proj output");
+    d->proj = (uint16_t *)cuda_alloc_in(al, n * ld * 2, "dm2 in_proj output");
     d->x = (uint16_t *)cuda_alloc_in(al, n * inner * 2, "dm2 conv x");
     d->Bm = (uint16_t *)cuda_alloc_in(al, n * gn * 2, "dm2 conv B");
     d->Cm = (uint16_t *)cuda_alloc_in(al, n * gn * 2, "dm2 conv C");
