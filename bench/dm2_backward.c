@@ -1,4 +1,4 @@
-/* Time and repeatability of the CUDA DiscreteMamba2 mixer backward
+/* Time and repeatability of the CUDA DiscreteMamba2 mixer forward and backward
  * (cuda_dm2_backward: out_proj, gate, SSD core, conv, decay, in_proj) and of
  * the SSD core backward alone (cuda_ssd_chunked_backward_after_forward), on
  * random inputs with document starts.
@@ -84,9 +84,16 @@ int main(int argc, char **argv) {
     cudaStream_t stream = (cudaStream_t)cuda_get_stream();
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0), cudaEventCreate(&e1);
-    float *t_mix = xmalloc(sizeof(float) * iters), *t_ssd = xmalloc(sizeof(float) * iters);
+    float *t_fwd = xmalloc(sizeof(float) * iters), *t_mix = xmalloc(sizeof(float) * iters),
+          *t_ssd = xmalloc(sizeof(float) * iters);
     cuda_memset(du, 0, BT * D * 2);
-    cuda_dm2_forward(out, NULL, s, &dp, u, st);
+    for (int i = 0; i < 3 + iters; i++) {
+        cudaEventRecord(e0, stream);
+        cuda_dm2_forward(out, NULL, s, &dp, u, st);
+        cudaEventRecord(e1, stream);
+        cudaEventSynchronize(e1);
+        if (i >= 3) cudaEventElapsedTime(&t_fwd[i - 3], e0, e1);
+    }
     for (int i = 0; i < 3 + iters; i++) {
         cudaEventRecord(e0, stream);
         cuda_dm2_backward(&g, du, dout, s, &dp, u, st);
@@ -102,7 +109,7 @@ int main(int argc, char **argv) {
         cudaEventSynchronize(e1);
         if (i >= 3) cudaEventElapsedTime(&t_ssd[i - 3], e0, e1);
     }
-    float m_mix = bench_median(t_mix, iters), m_ssd = bench_median(t_ssd, iters);
+    float m_fwd = bench_median(t_fwd, iters), m_mix = bench_median(t_mix, iters), m_ssd = bench_median(t_ssd, iters);
 
     XXH128_hash_t *hs = xmalloc(sizeof *hs * repeats);
     int distinct = 0;
@@ -123,12 +130,13 @@ int main(int argc, char **argv) {
         for (int q = 0; q < r; q++) seen |= XXH128_isEqual(hs[q], hs[r]);
         distinct += !seen;
     }
-    printf("dm2 backward B%d T%d D%d H%d P%d N%d G%d %s: mixer backward %.3f ms, SSD core backward %.3f ms, "
-           "%d distinct results of %d runs\n",
-           B, T, D, H, P, N, G, outp ? "out_proj" : "routed", m_mix, m_ssd, distinct, repeats);
-    printf("RESULT mixer_bwd_ms=%.3f ssd_bwd_ms=%.3f distinct=%d repeats=%d\n", m_mix, m_ssd, distinct, repeats);
+    printf("dm2 backward B%d T%d D%d H%d P%d N%d G%d %s: mixer forward %.3f ms, mixer backward %.3f ms, "
+           "SSD core backward %.3f ms, %d distinct results of %d runs\n",
+           B, T, D, H, P, N, G, outp ? "out_proj" : "routed", m_fwd, m_mix, m_ssd, distinct, repeats);
+    printf("RESULT mixer_fwd_ms=%.3f mixer_bwd_ms=%.3f ssd_bwd_ms=%.3f distinct=%d repeats=%d\n", m_fwd, m_mix, m_ssd,
+           distinct, repeats);
     cuda_dm2_acts_free(s), cuda_dm2_grads_free(&g), cuda_dm2_params_free(&dp), dm2_params_free(&prm);
     cuda_free(u), cuda_free(dout), cuda_free(out), cuda_free(du), cuda_free(st);
-    free(t_mix), free(t_ssd), free(hs);
+    free(t_fwd), free(t_mix), free(t_ssd), free(hs);
     return 0;
 }
