@@ -25,10 +25,14 @@ static unsigned blocks_for(int64_t n) { return ra_grid_for(n, 256); }
 
 extern "C" void cuda_dm2_conv_forward(uint16_t *out, int ld_out, const uint16_t *in, int ld_in, const float *w,
                                       const float *bias, const uint8_t *starts, int B, int T, int C) {
-    int64_t n = (int64_t)B * T * C;
-    if (n <= 0) return;
-    SSD_LAUNCH(dm2k_conv_fwd_kernel, blocks_for(n), 1, 256, 0, (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias,
-               starts, B, T, C);
+    const int64_t BT = (int64_t)B * T;
+    if (BT <= 0 || C <= 0) return;
+    if (C % 8 == 0 && dm2k_vec8(ld_out, out) && dm2k_vec8(ld_in, in))
+        SSD_LAUNCH(dm2k_conv_fwd_kernel<8>, dm2k_conv_groups(C, 8), dm2k_conv_fwd_blocks(BT), DM2K_THREADS, 0,
+                   (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias, starts, B, T, C);
+    else
+        SSD_LAUNCH(dm2k_conv_fwd_kernel<1>, dm2k_conv_groups(C, 1), dm2k_conv_fwd_blocks(BT), DM2K_THREADS, 0,
+                   (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias, starts, B, T, C);
 }
 
 extern "C" size_t cuda_dm2_sums_workspace_bytes(int64_t rows, int cols) {
@@ -49,8 +53,14 @@ extern "C" void cuda_dm2_conv_backward(uint16_t *din, int ld_din, float *dw, flo
     int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
     float *part = (float *)(workspace ? workspace : cuda_malloc(cuda_dm2_sums_workspace_bytes(BT, C)));
-    SSD_LAUNCH(dm2k_conv_bwd_kernel, (C + 31) / 32, dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din, ld_din, part,
-               dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w, starts, B, T, C);
+    if (C % 8 == 0 && dm2k_vec8(ld_din, din) && dm2k_vec8(ld_dout, dout) && dm2k_vec8(ld_in, in))
+        SSD_LAUNCH(dm2k_conv_bwd_kernel<8>, dm2k_conv_groups(C, 8), dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din,
+                   ld_din, part, dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w,
+                   starts, B, T, C);
+    else
+        SSD_LAUNCH(dm2k_conv_bwd_kernel<1>, dm2k_conv_groups(C, 1), dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din,
+                   ld_din, part, dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w,
+                   starts, B, T, C);
     sum_parts(dw, dbias, part, BT, C, DM2K_K);
     if (!workspace) cuda_free(part);
 }
@@ -69,9 +79,14 @@ extern "C" void cuda_dm2_decay_backward(uint16_t *dA_log, int ld_d, const float 
 
 extern "C" void cuda_dm2_gate_forward(uint16_t *yg, const uint16_t *y, const uint16_t *z, int ld_z, const float *z_bias,
                                       int64_t rows, int inner) {
-    if (rows * inner <= 0) return;
-    SSD_LAUNCH(dm2k_gate_fwd_kernel, blocks_for(rows * inner), 1, 256, 0, (bf16 *)yg, (const bf16 *)y,
-               (const bf16 *)z, ld_z, z_bias, rows, inner);
+    if (rows <= 0 || inner <= 0) return;
+    const unsigned gy = (unsigned)(rows < 65535 ? rows : 65535);
+    if (inner % 8 == 0 && dm2k_vec8(inner, yg) && dm2k_vec8(inner, y) && dm2k_vec8(ld_z, z))
+        SSD_LAUNCH(dm2k_gate_fwd_kernel<8>, (inner / 8 + 255) / 256, gy, 256, 0, (bf16 *)yg, (const bf16 *)y,
+                   (const bf16 *)z, ld_z, z_bias, rows, inner);
+    else
+        SSD_LAUNCH(dm2k_gate_fwd_kernel<1>, (inner + 255) / 256, gy, 256, 0, (bf16 *)yg, (const bf16 *)y,
+                   (const bf16 *)z, ld_z, z_bias, rows, inner);
 }
 
 extern "C" void cuda_dm2_gate_backward(uint16_t *dy, uint16_t *dz, int ld_dz, float *dz_bias, const uint16_t *dyg,
@@ -110,7 +125,10 @@ static float *upload_f32(const float *h, size_t n) {
 
 extern "C" void cuda_dm2_params_upload(cuda_dm2_params *out, const dm2_params *p, const dm2_config *cfg) {
     size_t D = cfg->d_model, inner = dm2_d_inner(cfg), conv = dm2_conv_dim(cfg);
-    out->in_proj_w = upload_bf16(p->in_proj_w, (size_t)dm2_in_proj_dim(cfg) * D);
+    size_t rows = dm2_in_proj_dim(cfg), padded = dm2_in_proj_ld(cfg);
+    out->in_proj_w = (uint16_t *)cuda_malloc(padded * D * sizeof(uint16_t));
+    cuda_upload_bf16(out->in_proj_w, p->in_proj_w, rows * D);
+    cuda_memset(out->in_proj_w + rows * D, 0, (padded - rows) * D * sizeof(uint16_t));
     out->conv_w = upload_f32(p->conv_w, conv * DM2_CONV_K);
     out->conv_b = upload_f32(p->conv_b, conv);
     out->D = upload_f32(p->D, cfg->n_heads);

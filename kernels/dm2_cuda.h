@@ -65,7 +65,7 @@ void cuda_dm2_gate_backward(uint16_t *dy, uint16_t *dz, int ld_dz, float *dz_bia
 /* Device parameters for decoding: the two projections bf16 (cuBLASLt), the
  * rest fp32.  out_proj_w NULL = routed layout (out = gated y). */
 typedef struct cuda_dm2_params {
-    uint16_t *in_proj_w;  /* [in_proj_dim, D] */
+    uint16_t *in_proj_w;  /* [dm2_in_proj_ld, D]: rows past in_proj_dim are zero */
     float *conv_w;        /* [conv_dim, 4] */
     float *conv_b;        /* [conv_dim] */
     float *D;             /* [Hs] */
@@ -110,11 +110,14 @@ void cuda_dm2_conv_state_from_prompt(float *conv_state, const uint16_t *proj, in
  * in_proj and out_proj through cuBLAS(Lt) with bf16 operands; proj, the conv
  * outputs, y and yg stored bf16, a fp32; the SSD core of kernels/ssd_cuda.h. */
 
-/* The row stride of proj and dproj: in_proj_dim rounded up to 8 elements so
- * every row starts 16-byte aligned.  in_proj_dim is 257·Hs for head dim 64
- * and N 64 (G = Hs), odd whenever Hs is (a layer with one kept head of 32),
- * and an odd stride sends cuBLAS to its slow unaligned kernels for in_proj's
- * forward and both backward GEMMs. */
+/* The in_proj width the GPU computes with: in_proj_dim rounded up to 8.
+ * in_proj_dim is 257·Hs for head dim 64 and N 64 (G = Hs), odd whenever
+ * Hs is (a layer with one kept head of 32), and cuBLAS runs a GEMM whose
+ * contiguous dimension is not a multiple of 8 on its slow unaligned
+ * (align1, sm75) kernels: 6x slower here.  So the device in_proj weight
+ * has in_proj_ld rows (the extra ones zero), proj and dproj rows are
+ * in_proj_ld apart, and in_proj's forward and input-gradient GEMMs run
+ * over all in_proj_ld columns. */
 static inline int dm2_in_proj_ld(const dm2_config *cfg) { return (dm2_in_proj_dim(cfg) + 7) / 8 * 8; }
 
 /* Saved activations, backward workspace and the SSD workspace for a [B, T]

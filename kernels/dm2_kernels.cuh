@@ -46,64 +46,200 @@ __device__ __forceinline__ int dm2k_taps_back(const uint8_t *starts, int64_t bt,
     return k;
 }
 
-/* out[bt, c] = bias[c] + Σ_{k ≤ back} w[c, 3 − k] · in[bt − k, c] */
-static __global__ void dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int ld_in, const float *w,
-                                     const float *bias, const uint8_t *starts, int B, int T, int C) {
-    const int64_t total = (int64_t)B * T * C;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t bt = i / C;
-        const int c = (int)(i - bt * C), t = (int)(bt % T);
-        const int back = dm2k_taps_back(starts, bt, t);
-        float acc = bias ? bias[c] : 0.0f;
-        for (int k = 0; k <= back; k++) acc += w[c * DM2K_K + DM2K_K - 1 - k] * ssd_bf2f(in[(bt - k) * ld_in + c]);
-        out[bt * ld_out + c] = ssd_f2bf(acc);
+/* The conv kernels give each thread V adjacent channels: V = 8 through
+ * 16-byte loads and stores when the channel count, both row strides and
+ * pointers allow it (dm2k_vec8 of each), else V = 1.  A thread walks a run
+ * of consecutive rows keeping the inputs (and, backward, the output
+ * gradients) the taps need in registers, so each row is read about once
+ * instead of once per tap. */
+static inline bool dm2k_vec8(int ld, const void *p) { return ld % 8 == 0 && ((uintptr_t)p & 15) == 0; }
+#define DM2K_RUN 16 /* rows a forward conv thread walks */
+/* Grid of either conv kernel: x over groups of 32 threads' channels. */
+static inline unsigned dm2k_conv_groups(int C, int V) { return (unsigned)((C / V + 31) / 32); }
+/* Forward grid y: 8 runs of DM2K_RUN rows per block (more rows loop). */
+static inline unsigned dm2k_conv_fwd_blocks(int64_t rows) {
+    const int64_t n = (rows + 8 * DM2K_RUN - 1) / (8 * DM2K_RUN);
+    return (unsigned)(n < 65535 ? n : 65535);
+}
+
+/* The two bf16 halves of a 32-bit word as floats (low half first). */
+#ifdef SSD_SIM /* through memcpy: the host compiler's aliasing rules */
+static inline float dm2k_as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline void dm2k_st16(bf16 *p, uint4 v) { memcpy(p, &v, 16); }
+#else
+__device__ __forceinline__ float dm2k_as_float(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ void dm2k_st16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
+#endif
+__device__ __forceinline__ void dm2k_unpack2(float *f, uint32_t w) {
+    f[0] = dm2k_as_float(w << 16), f[1] = dm2k_as_float(w & 0xffff0000u);
+}
+
+template <int V> __device__ __forceinline__ void dm2k_load(float f[V], const bf16 *p) {
+    if constexpr (V == 8) {
+        const uint4 u = ssd_ldg16(p);
+        dm2k_unpack2(f, u.x), dm2k_unpack2(f + 2, u.y), dm2k_unpack2(f + 4, u.z), dm2k_unpack2(f + 6, u.w);
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) f[i] = ssd_bf2f(p[i]);
+    }
+}
+template <int V> __device__ __forceinline__ void dm2k_store(bf16 *p, const float f[V]) {
+    if constexpr (V == 8) {
+        dm2k_st16(p, make_uint4(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3]), ssd_pack2(f[4], f[5]),
+                                ssd_pack2(f[6], f[7])));
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) p[i] = ssd_f2bf(f[i]);
+    }
+}
+template <int V> __device__ __forceinline__ void dm2k_copy(float d[V], const float s[V]) {
+#pragma unroll
+    for (int i = 0; i < V; i++) d[i] = s[i];
+}
+
+/* out[bt, c] = bias[c] + Σ_{k ≤ back} w[c, 3 − k] · in[bt − k, c].
+ * grid (dm2k_conv_groups, any), DM2K_THREADS threads: tx = channel group,
+ * ty = runs of DM2K_RUN rows, 8·gridDim.y runs apart. */
+template <int V>
+static __global__ void __launch_bounds__(DM2K_THREADS)
+    dm2k_conv_fwd_kernel(bf16 *out, int ld_out, const bf16 *in, int ld_in, const float *w, const float *bias,
+                         const uint8_t *starts, int B, int T, int C) {
+    const int c0 = (blockIdx.x * 32 + (threadIdx.x & 31)) * V;
+    if (c0 >= C) return;
+    float wk[DM2K_K][V], b[V], prev[DM2K_K - 1][V]; /* prev[k − 1]: the input k rows back */
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+#pragma unroll
+        for (int j = 0; j < DM2K_K; j++) wk[j][v] = w[(c0 + v) * DM2K_K + j];
+        b[v] = bias ? bias[c0 + v] : 0.0f;
+    }
+    const int64_t BT = (int64_t)B * T;
+    for (int64_t r0 = ((int64_t)blockIdx.y * 8 + (threadIdx.x >> 5)) * DM2K_RUN; r0 < BT;
+         r0 += (int64_t)gridDim.y * 8 * DM2K_RUN) {
+        int t = (int)(r0 % T);
+        int avail = dm2k_taps_back(starts, r0, t); /* rows back still in this row's document */
+#pragma unroll
+        for (int k = 1; k < DM2K_K; k++)
+            if (k <= avail) dm2k_load<V>(prev[k - 1], in + (r0 - k) * ld_in + c0);
+        const int64_t r1 = r0 + DM2K_RUN < BT ? r0 + DM2K_RUN : BT;
+        for (int64_t bt = r0; bt < r1; bt++, t++) {
+            if (t == T) t = 0;
+            if (t == 0 || (starts && starts[bt])) avail = 0;
+            float x[V], acc[V];
+            dm2k_load<V>(x, in + bt * ld_in + c0);
+#pragma unroll
+            for (int v = 0; v < V; v++) acc[v] = b[v] + wk[DM2K_K - 1][v] * x[v];
+#pragma unroll
+            for (int k = 1; k < DM2K_K; k++)
+                if (k <= avail)
+#pragma unroll
+                    for (int v = 0; v < V; v++) acc[v] += wk[DM2K_K - 1 - k][v] * prev[k - 1][v];
+            dm2k_store<V>(out + bt * ld_out + c0, acc);
+#pragma unroll
+            for (int k = DM2K_K - 2; k > 0; k--) dm2k_copy<V>(prev[k], prev[k - 1]);
+            dm2k_copy<V>(prev[0], x);
+            if (avail < DM2K_K - 1) avail++;
+        }
     }
 }
 
-/* grid (ceil(C/32), row blocks of rpb rows); thread (tx = channel, ty = row lane).
+/* grid (dm2k_conv_groups, row blocks of rpb rows), DM2K_THREADS threads:
+ * tx = channel group, ty = a run of rpb/8 consecutive rows.
  * din[r, c] = Σ_k w[c, 3 − k] · dout[r + k, c] over the outputs r + k that
  * reach back to r; the block's sums of the weight and bias gradients go to
  * part[(blockIdx.y·(DM2K_K + 1) + j)·C + c] (j = tap, DM2K_K = bias). */
+template <int V>
 static __global__ void __launch_bounds__(DM2K_THREADS)
     dm2k_conv_bwd_kernel(bf16 *din, int ld_din, float *part, int rpb, const bf16 *dout, int ld_dout, const bf16 *in,
                          int ld_in, const float *w, const uint8_t *starts, int B, int T, int C) {
+    constexpr int S = V * (DM2K_K + 1); /* sums per thread */
 #ifndef SSD_SIM
-    __shared__ float red[8][32][DM2K_K + 1];
+    __shared__ float red[8][S][32];
 #else
-    float(*red)[32][DM2K_K + 1] = reinterpret_cast<float(*)[32][DM2K_K + 1]>(sim_static_smem<float>(0));
+    float(*red)[S][32] = reinterpret_cast<float(*)[S][32]>(sim_static_smem<float>(0));
 #endif
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-    const int c = blockIdx.x * 32 + tx;
-    const int64_t BT = (int64_t)B * T, r0 = (int64_t)blockIdx.y * rpb;
-    float gw[DM2K_K] = {0, 0, 0, 0}, gb = 0.0f;
-    if (c < C) {
-        float wc[DM2K_K];
-        for (int j = 0; j < DM2K_K; j++) wc[j] = w[c * DM2K_K + j];
-        for (int64_t bt = r0 + ty; bt < r0 + rpb && bt < BT; bt += 8) {
-            const int t = (int)(bt % T);
-            /* as an output: the weight and bias gradients */
-            const float g = ssd_bf2f(dout[bt * ld_dout + c]);
-            const int back = dm2k_taps_back(starts, bt, t);
-            gb += g;
-            for (int k = 0; k <= back; k++) gw[DM2K_K - 1 - k] += g * ssd_bf2f(in[(bt - k) * ld_in + c]);
-            /* as an input: outputs t + k that reach back to t */
-            float acc = 0.0f;
-            for (int k = 0; k < DM2K_K && t + k < T; k++) {
-                if (k > 0 && starts && starts[bt + k]) break;
-                acc += wc[DM2K_K - 1 - k] * ssd_bf2f(dout[(bt + k) * ld_dout + c]);
+    const int c0 = (blockIdx.x * 32 + tx) * V, run = rpb / 8;
+    const int64_t BT = (int64_t)B * T, r0 = (int64_t)blockIdx.y * rpb + (int64_t)ty * run;
+    float gw[DM2K_K][V], gb[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        gb[v] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DM2K_K; j++) gw[j][v] = 0.0f;
+    }
+    if (c0 < C && r0 < BT) {
+        float wk[DM2K_K][V], prev[DM2K_K - 1][V], fut[DM2K_K][V]; /* fut[k]: dout k rows ahead (in this sequence) */
+#pragma unroll
+        for (int v = 0; v < V; v++)
+#pragma unroll
+            for (int j = 0; j < DM2K_K; j++) wk[j][v] = w[(c0 + v) * DM2K_K + j];
+        int t = (int)(r0 % T);
+        int avail = dm2k_taps_back(starts, r0, t);
+#pragma unroll
+        for (int k = 1; k < DM2K_K; k++)
+            if (k <= avail) dm2k_load<V>(prev[k - 1], in + (r0 - k) * ld_in + c0);
+#pragma unroll
+        for (int k = 0; k < DM2K_K; k++)
+            if (t + k < T) dm2k_load<V>(fut[k], dout + (r0 + k) * ld_dout + c0);
+        const int64_t r1 = r0 + run < BT ? r0 + run : BT;
+        for (int64_t bt = r0; bt < r1; bt++, t++) {
+            if (t == T) { /* the next sequence: its own output gradients ahead */
+                t = 0;
+#pragma unroll
+                for (int k = 0; k < DM2K_K; k++)
+                    if (k < T) dm2k_load<V>(fut[k], dout + (bt + k) * ld_dout + c0);
             }
-            din[bt * ld_din + c] = ssd_f2bf(acc);
+            if (t == 0 || (starts && starts[bt])) avail = 0;
+            /* as an output: the weight and bias gradients */
+            float x[V];
+            dm2k_load<V>(x, in + bt * ld_in + c0);
+#pragma unroll
+            for (int v = 0; v < V; v++) gb[v] += fut[0][v], gw[DM2K_K - 1][v] += fut[0][v] * x[v];
+#pragma unroll
+            for (int k = 1; k < DM2K_K; k++)
+                if (k <= avail)
+#pragma unroll
+                    for (int v = 0; v < V; v++) gw[DM2K_K - 1 - k][v] += fut[0][v] * prev[k - 1][v];
+            /* as an input: outputs t + k that reach back to t */
+            int reach = 1;
+            while (reach < DM2K_K && t + reach < T && !(starts && starts[bt + reach])) reach++;
+            float acc[V];
+#pragma unroll
+            for (int v = 0; v < V; v++) acc[v] = wk[DM2K_K - 1][v] * fut[0][v];
+#pragma unroll
+            for (int k = 1; k < DM2K_K; k++)
+                if (k < reach)
+#pragma unroll
+                    for (int v = 0; v < V; v++) acc[v] += wk[DM2K_K - 1 - k][v] * fut[k][v];
+            dm2k_store<V>(din + bt * ld_din + c0, acc);
+#pragma unroll
+            for (int k = DM2K_K - 2; k > 0; k--) dm2k_copy<V>(prev[k], prev[k - 1]);
+            dm2k_copy<V>(prev[0], x);
+            if (avail < DM2K_K - 1) avail++;
+#pragma unroll
+            for (int k = 0; k < DM2K_K - 1; k++) dm2k_copy<V>(fut[k], fut[k + 1]);
+            if (t + DM2K_K < T) dm2k_load<V>(fut[DM2K_K - 1], dout + (bt + DM2K_K) * ld_dout + c0);
         }
     }
-    for (int j = 0; j < DM2K_K; j++) red[ty][tx][j] = gw[j];
-    red[ty][tx][DM2K_K] = gb;
-    __syncthreads();
-    if (ty == 0 && c < C) {
-        float s[DM2K_K + 1] = {0, 0, 0, 0, 0};
-        for (int k = 0; k < 8; k++)
-            for (int j = 0; j <= DM2K_K; j++) s[j] += red[k][tx][j];
-        for (int j = 0; j <= DM2K_K; j++) part[((int64_t)blockIdx.y * (DM2K_K + 1) + j) * C + c] = s[j];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+#pragma unroll
+        for (int j = 0; j < DM2K_K; j++) red[ty][v * (DM2K_K + 1) + j][tx] = gw[j][v];
+        red[ty][v * (DM2K_K + 1) + DM2K_K][tx] = gb[v];
     }
+    __syncthreads();
+    if (ty == 0 && c0 < C)
+        for (int v = 0; v < V; v++)
+            for (int j = 0; j <= DM2K_K; j++) {
+                float sum = 0.0f;
+                for (int k = 0; k < 8; k++) sum += red[k][v * (DM2K_K + 1) + j][tx];
+                part[((int64_t)blockIdx.y * (DM2K_K + 1) + j) * C + c0 + v] = sum;
+            }
 }
 
 /* grid ceil(ncols/32), DM2K_THREADS threads; ncols = (taps + 1)·C columns of
@@ -155,15 +291,26 @@ static __global__ void dm2k_decay_bwd_kernel(bf16 *dA_log, int ld_d, const float
     }
 }
 
-/* yg = y · silu(z + z_bias) */
+/* yg = y · silu(z + z_bias).  grid (ceil(inner/V/threads), any), V columns
+ * of one row per thread, rows strided by the grid's y (V as for the conv). */
+template <int V>
 static __global__ void dm2k_gate_fwd_kernel(bf16 *yg, const bf16 *y, const bf16 *z, int ld_z, const float *z_bias,
-                                     int64_t rows, int inner) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * inner;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t r = i / inner;
-        int c = (int)(i - r * inner);
-        float v = ssd_bf2f(z[r * ld_z + c]) + z_bias[c];
-        yg[i] = ssd_f2bf(ssd_bf2f(y[i]) * v * dm2k_sigmoid(v));
+                                            int64_t rows, int inner) {
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c0 >= inner) return;
+    float zb[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) zb[v] = z_bias[c0 + v];
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        float yv[V], zv[V], o[V];
+        dm2k_load<V>(yv, y + r * inner + c0);
+        dm2k_load<V>(zv, z + r * ld_z + c0);
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const float a = zv[v] + zb[v];
+            o[v] = yv[v] * a * dm2k_sigmoid(a);
+        }
+        dm2k_store<V>(yg + r * inner + c0, o);
     }
 }
 

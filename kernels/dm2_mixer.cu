@@ -107,8 +107,7 @@ static void project(cuda_dm2_acts *s, const cuda_dm2_params *p, const uint16_t *
     const dm2_config *c = &s->cfg;
     const layout L = layout_of(c);
     const int64_t BT = (int64_t)s->B * s->T;
-    gemm_rm(false, true, (int)BT, L.in_dim, c->d_model, u, c->d_model, p->in_proj_w, c->d_model, 0.0f, s->proj, false,
-            L.ld);
+    gemm_rm(false, true, (int)BT, L.ld, c->d_model, u, c->d_model, p->in_proj_w, c->d_model, 0.0f, s->proj, false, L.ld);
     if (with_x)
         cuda_dm2_conv_forward(s->x, L.inner, s->proj, L.ld, p->conv_w, p->conv_b, starts, s->B, s->T, L.inner);
     cuda_dm2_conv_forward(s->Bm, L.gn, s->proj + L.off_B, L.ld, p->conv_w + (size_t)L.off_B * DM2_CONV_K,
@@ -163,12 +162,18 @@ static void backward_to_input(cuda_dm2_grads *g, uint16_t *du, cuda_dm2_acts *s,
     cuda_dm2_conv_backward(s->dproj + L.off_C, L.ld, g->conv_w + (size_t)L.off_C * DM2_CONV_K, g->conv_b + L.off_C,
                            s->dCm, L.gn, s->proj + L.off_C, L.ld, p->conv_w + (size_t)L.off_C * DM2_CONV_K, starts,
                            s->B, s->T, L.gn, s->sums_ws);
-    /* dW_in += dprojᵀ u;  du += dproj W_in */
+    /* dW_in += dprojᵀ u;  du += dproj W_in over all ld columns: the padding
+     * columns of dproj are zeroed (their weight rows are zero, but the
+     * buffer may hold anything, NaN included, from a wider layer) */
     gemm_rm(true, false, L.in_dim, c->d_model, (int)BT, s->dproj, L.ld, u, c->d_model, 1.0f, g->in_proj_w, true,
             c->d_model);
-    if (du)
-        gemm_rm(false, false, (int)BT, c->d_model, L.in_dim, s->dproj, L.ld, p->in_proj_w, c->d_model, 1.0f, du,
-                false, c->d_model);
+    if (du) {
+        if (L.ld > L.in_dim)
+            CUDA_CHECK(cudaMemset2DAsync(s->dproj + L.in_dim, (size_t)L.ld * 2, 0, (size_t)(L.ld - L.in_dim) * 2,
+                                         (size_t)BT, ra_cuda_stream));
+        gemm_rm(false, false, (int)BT, c->d_model, L.ld, s->dproj, L.ld, p->in_proj_w, c->d_model, 1.0f, du, false,
+                c->d_model);
+    }
 }
 
 static void add_dD(float *gD, const float *dD, int H) {

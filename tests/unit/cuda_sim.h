@@ -232,7 +232,7 @@ static void ssd_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
 /* ---- shared memory ------------------------------------------------------- */
 
 alignas(16) static unsigned char sim_smem_buf[232 * 1024];
-alignas(16) static unsigned char sim_static_buf[16 * 1024];
+alignas(16) static unsigned char sim_static_buf[48 * 1024]; /* the static shared-memory limit of a CUDA block */
 #define SSD_DYNAMIC_SMEM(name) unsigned char *name = sim_smem_buf
 /* A kernel's one static "__shared__ T x[n]" array (n ≤ 16 KiB). */
 template <class T>

@@ -192,8 +192,9 @@ static std::vector<float> rnd(size_t n, float scale) {
     return v;
 }
 
-/* conv forward/backward on strided rows against dm2_conv_forward/backward */
-static void check_conv(int B, int T, int C, int ld_in, int docs) {
+/* conv forward/backward on strided rows against dm2_conv_forward/backward,
+ * with V channels per thread (8: every stride a multiple of 8) */
+template <int V> static void check_conv(int B, int T, int C, int ld_in, int docs) {
     const size_t BT = (size_t)B * T;
     auto in = rnd(BT * ld_in, 1), w = rnd((size_t)C * 4, 0.7f), bias = rnd(C, 0.5f), dout = rnd(BT * C, 1);
     auto dw0 = rnd((size_t)C * 4, 1), db0 = rnd(C, 1); /* gradients accumulate onto these */
@@ -207,15 +208,16 @@ static void check_conv(int B, int T, int C, int ld_in, int docs) {
                       st, B, T, C);
     auto out16 = poisoned16(BT * C), din16 = poisoned16(BT * ld_in);
     std::vector<float> dw = dw0, db = db0;
-    const int64_t n = (int64_t)BT * C;
-    sim_launch((unsigned)std::min<int64_t>((n + 255) / 256, 64), 1, 256, [&]() {
-        dm2k_conv_fwd_kernel(out16.data(), C, in16.data(), ld_in, w.data(), bias.data(), st, B, T, C);
+    /* a grid of at most 2 row blocks, so that the forward's runs also loop */
+    const unsigned fwd_y = std::min(dm2k_conv_fwd_blocks((int64_t)BT), 2u);
+    sim_launch(dm2k_conv_groups(C, V), fwd_y, DM2K_THREADS, [&]() {
+        dm2k_conv_fwd_kernel<V>(out16.data(), C, in16.data(), ld_in, w.data(), bias.data(), st, B, T, C);
     });
     const int nparts = dm2k_row_blocks((int64_t)BT), rpb = dm2k_rows_per_block((int64_t)BT);
     std::vector<float> part((size_t)nparts * (DM2K_K + 1) * C, NAN);
-    sim_launch((unsigned)(C + 31) / 32, (unsigned)nparts, DM2K_THREADS, [&]() {
-        dm2k_conv_bwd_kernel(din16.data(), ld_in, part.data(), rpb, dout16.data(), C, in16.data(), ld_in, w.data(), st,
-                             B, T, C);
+    sim_launch(dm2k_conv_groups(C, V), (unsigned)nparts, DM2K_THREADS, [&]() {
+        dm2k_conv_bwd_kernel<V>(din16.data(), ld_in, part.data(), rpb, dout16.data(), C, in16.data(), ld_in, w.data(),
+                                st, B, T, C);
     });
     sim_launch((unsigned)((DM2K_K + 1) * C + 31) / 32, 1, DM2K_THREADS,
                [&]() { dm2k_sum_parts_kernel(dw.data(), db.data(), part.data(), nparts, C, DM2K_K); });
@@ -229,13 +231,13 @@ static void check_conv(int B, int T, int C, int ld_in, int docs) {
     ok &= close_enough("din", din_got.data(), din_want.data(), din_got.size(), 1e-2, log, sizeof log);
     ok &= close_enough("dw", dw.data(), dw_ref.data(), dw.size(), 1e-5, log, sizeof log);
     ok &= close_enough("dbias", db.data(), db_ref.data(), db.size(), 1e-5, log, sizeof log);
-    snprintf(what, sizeof what, "dm2 conv sim B=%d T=%d C=%d ld_in=%d%s", B, T, C, ld_in, docs ? " docs" : "");
+    snprintf(what, sizeof what, "dm2 conv sim V=%d B=%d T=%d C=%d ld_in=%d%s", V, B, T, C, ld_in, docs ? " docs" : "");
     report(ok, what, log);
 }
 
 /* decay and gate against float64 written here */
-static void check_decay_gate(int64_t rows, int H, int inner) {
-    const int ld = H + 3, ldz = inner + 5;
+static void check_decay_gate(int64_t rows, int H, int inner, int ldz) {
+    const int ld = H + 3;
     auto Al = rnd((size_t)rows * ld, 4), da = rnd((size_t)rows * H, 1);
     auto Al16 = to_bf16(Al);
     std::vector<float> a(rows * H, NAN), a_ref(rows * H), dAl_ref(rows * H);
@@ -267,7 +269,12 @@ static void check_decay_gate(int64_t rows, int H, int inner) {
         }
     auto yg16 = poisoned16((size_t)rows * inner), dy16 = poisoned16((size_t)rows * inner),
          dz16 = poisoned16((size_t)rows * ldz);
-    sim_launch(8, 1, 64, [&]() { dm2k_gate_fwd_kernel(yg16.data(), y16.data(), z16.data(), ldz, zb.data(), rows, inner); });
+    if (inner % 8 == 0 && ldz % 8 == 0) /* 8 columns per thread, 3 row blocks so that the rows loop */
+        sim_launch((unsigned)(inner / 8 + 63) / 64, 3, 64,
+                   [&]() { dm2k_gate_fwd_kernel<8>(yg16.data(), y16.data(), z16.data(), ldz, zb.data(), rows, inner); });
+    else
+        sim_launch((unsigned)(inner + 63) / 64, 3, 64,
+                   [&]() { dm2k_gate_fwd_kernel<1>(yg16.data(), y16.data(), z16.data(), ldz, zb.data(), rows, inner); });
     const int nparts = dm2k_row_blocks(rows), rpb = dm2k_rows_per_block(rows);
     std::vector<float> part((size_t)nparts * inner, NAN);
     sim_launch((unsigned)(inner + 31) / 32, (unsigned)nparts, DM2K_THREADS, [&]() {
@@ -287,7 +294,7 @@ static void check_decay_gate(int64_t rows, int H, int inner) {
     ok &= close_enough("dy", from_bf16(dy16).data(), dy_ref.data(), dy_ref.size(), 1e-2, log, sizeof log);
     ok &= close_enough("dz", dz.data(), dz_ref.data(), dz.size(), 1e-2, log, sizeof log);
     ok &= close_enough("dz_bias", dzb.data(), dzb_ref.data(), dzb.size(), 1e-4, log, sizeof log);
-    snprintf(what, sizeof what, "dm2 decay+gate sim rows=%lld H=%d inner=%d", (long long)rows, H, inner);
+    snprintf(what, sizeof what, "dm2 decay+gate sim rows=%lld H=%d inner=%d ldz=%d", (long long)rows, H, inner, ldz);
     report(ok, what, log);
 }
 
@@ -372,10 +379,14 @@ int main(int argc, char **argv) {
     check<64, 16>({1, 300, 2, 2, 64, 8, 16, 1, 1});    /* 19 chunks: state passing in several batches */
     check_matrix(1, 70, 4, 2, 40, 1);
     check_matrix(2, 33, 2, 2, 8, 0);
-    check_conv(2, 50, 70, 100, 1);
-    check_conv(1, 130, 33, 33, 0);
-    check_conv(3, 200, 40, 40, 1); /* 10 row blocks of partial sums */
-    check_decay_gate(150, 5, 40);
+    check_conv<1>(2, 50, 70, 100, 1);
+    check_conv<1>(1, 130, 33, 33, 0);
+    check_conv<1>(3, 200, 40, 40, 1); /* 10 row blocks of partial sums */
+    check_conv<8>(3, 200, 40, 40, 1);
+    check_conv<8>(2, 70, 256 + 16, 512, 1); /* two channel groups, the second partly idle */
+    check_conv<8>(3, 2, 8, 8, 0);           /* fewer tokens than taps */
+    check_decay_gate(150, 5, 40, 45);
+    check_decay_gate(150, 5, 64, 72); /* the gate 8 columns per thread */
     check_decode(3, 4, 8, 8, 2, 7);
     check_decode(2, 2, 16, 40, 1, 5);
     if (argc > 1) { /* slower: the widest tiles */
