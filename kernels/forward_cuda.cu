@@ -11,6 +11,7 @@
 #include "forward_cuda.h"
 #include "forward_cuda_internal.h"
 #include "ops_cuda.h"
+#include "train_profile.h"
 
 extern "C" {
 #include "ops.h" /* rope_inv_freq: the same host code as the CPU backend */
@@ -518,12 +519,15 @@ extern "C" int cuda_forward_run(cuda_forward_state *s, const int32_t *tokens, in
     } else {
         cuda_upload_bf16(s->x, o->start_hidden, nD);
     }
+    train_prof_mark("forward_cuda: inputs, embedding");
     for (int l = start; l < stop; l++) {
         if (o->hidden_out && o->hidden_out[l]) cuda_download_bf16(o->hidden_out[l], s->x, nD);
         const uint8_t *keep = masked ? s->keep + (size_t)l * B * H : NULL;
         if (s->m->hybrid || s->capture) cuda_hybrid_mixer_forward(s, l, B, T, o, doc_start);
         else attention_block(s, l, B, T, keep, o, doc_start);
+        train_prof_mark("forward_cuda: mixer blocks");
         cuda_mlp_block_forward(s, l, n);
+        train_prof_mark("forward_cuda: mlp blocks");
     }
     if (o->hidden_out && o->hidden_out[stop]) cuda_download_bf16(o->hidden_out[stop], s->x, nD);
     if (want_logits) {

@@ -70,9 +70,14 @@ static void plan_destroy(plan *p) {
     memset(p, 0, sizeof *p);
 }
 
+static long plan_misses;
+
+extern "C" long cuda_linear_plan_misses(void) { return plan_misses; }
+
 static plan *plan_get(const plan_key *k) {
     for (int i = 0; i < PLAN_CACHE; i++)
         if (plans[i].used && memcmp(&plans[i].key, k, sizeof *k) == 0) return &plans[i];
+    plan_misses++;
     plan *p = &plans[plan_next];
     plan_next = (plan_next + 1) % PLAN_CACHE;
     plan_destroy(p);

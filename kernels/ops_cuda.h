@@ -93,6 +93,8 @@ void cuda_linear_forward(uint16_t *out, const uint16_t *in, const uint16_t *W, c
  * (beta = 1), so o_proj and down_proj write the residual stream directly. */
 void cuda_linear_residual_forward(uint16_t *x, const uint16_t *in, const uint16_t *W, const uint16_t *bias, int n,
                                   int in_dim, int out_dim);
+/* How many cuBLASLt plans (heuristic queries) were made: cache misses. */
+long cuda_linear_plan_misses(void);
 
 /* cos/sin tables (fp32 [n, hd/2]) for device positions [n] and device
  * inv_freq [hd/2] (compute inv_freq on the host with rope_inv_freq). */

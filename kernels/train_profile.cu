@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "ops_cuda.h"
 #include "train_profile.h"
 
 #define PROF_EVENTS 32768
@@ -88,5 +89,6 @@ extern "C" void train_prof_report(const char *title) {
     for (int i = 0; i < n_rows; i++)
         fprintf(stderr, "%-44s %10.1f %9.2f %6.1f %8ld\n", rows[i].label, rows[i].ms, rows[i].ms / s,
                 total > 0 ? 100.0 * rows[i].ms / total : 0.0, rows[i].count);
+    fprintf(stderr, "cuBLASLt plans made so far (cache misses): %ld\n", cuda_linear_plan_misses());
     n_rows = 0, steps = 0, n_ev = 0;
 }
