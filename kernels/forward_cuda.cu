@@ -311,9 +311,12 @@ static void attention_block(cuda_forward_state *s, int l, int B, int T, const ui
     int n = B * T, D = c->hidden_size, H = c->num_heads, Hkv = c->num_kv_heads, hd = c->head_dim;
     int qkv = (H + 2 * Hkv) * hd;
     cuda_rmsnorm_forward(s->xn, NULL, s->x, W->input_norm, n, D, (float)c->rms_norm_eps);
+    train_prof_mark("forward_cuda: attention rmsnorm");
     cuda_linear_forward(s->qkv, s->xn, W->wqkv, W->bqkv, n, D, qkv);
+    train_prof_mark("forward_cuda: q/k/v gemm");
     /* q and k heads are adjacent in each row: one RoPE pass over H + Hkv heads */
     cuda_rope_forward_strided(s->qkv, qkv, s->cos_t, s->sin_t, n, H + Hkv, hd);
+    train_prof_mark("forward_cuda: rope");
 
     cuda_attention_args a;
     memset(&a, 0, sizeof a);
@@ -323,6 +326,7 @@ static void attention_block(cuda_forward_state *s, int l, int B, int T, const ui
     a.doc_start = doc_start, a.head_keep = keep;
     a.B = B, a.T = T, a.H = H, a.Hkv = Hkv, a.hd = hd;
     cuda_attention_forward_ex(&a);
+    train_prof_mark("forward_cuda: attention");
 
     /* probabilities the caller asked for: the same q/k the layer used, before
      * any ablation (as the CPU backend) */
