@@ -23,16 +23,28 @@ extern "C" {
 
 static unsigned blocks_for(int64_t n) { return ra_grid_for(n, 256); }
 
+/* The widest V (8, 4, 1) every row of the given buffers allows, at most vmax. */
+static int conv_width(int C, int vmax, int ld_a, const void *a, int ld_b, const void *b, int ld_c, const void *c) {
+    static int cap = -1; /* TEMPORARY A/B: RA_DM2K_V caps the width */
+    if (cap < 0) cap = getenv("RA_DM2K_V") ? atoi(getenv("RA_DM2K_V")) : 8;
+    for (int V = vmax < cap ? vmax : cap; V > 1; V /= 2)
+        if (C % V == 0 && dm2k_vec(V, ld_a, a) && dm2k_vec(V, ld_b, b) && dm2k_vec(V, ld_c, c)) return V;
+    return 1;
+}
+
+#define CONV_FWD(V)                                                                                                  \
+    SSD_LAUNCH(dm2k_conv_fwd_kernel<V>, dm2k_conv_groups(C, V), dm2k_conv_fwd_blocks(BT), DM2K_THREADS, 0,         \
+               (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias, starts, B, T, C)
+
 extern "C" void cuda_dm2_conv_forward(uint16_t *out, int ld_out, const uint16_t *in, int ld_in, const float *w,
                                       const float *bias, const uint8_t *starts, int B, int T, int C) {
     const int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
-    if (C % 8 == 0 && dm2k_vec8(ld_out, out) && dm2k_vec8(ld_in, in))
-        SSD_LAUNCH(dm2k_conv_fwd_kernel<8>, dm2k_conv_groups(C, 8), dm2k_conv_fwd_blocks(BT), DM2K_THREADS, 0,
-                   (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias, starts, B, T, C);
-    else
-        SSD_LAUNCH(dm2k_conv_fwd_kernel<1>, dm2k_conv_groups(C, 1), dm2k_conv_fwd_blocks(BT), DM2K_THREADS, 0,
-                   (bf16 *)out, ld_out, (const bf16 *)in, ld_in, w, bias, starts, B, T, C);
+    switch (conv_width(C, 8, ld_out, out, ld_in, in, ld_in, in)) {
+    case 8: CONV_FWD(8); break;
+    case 4: CONV_FWD(4); break;
+    default: CONV_FWD(1);
+    }
 }
 
 extern "C" size_t cuda_dm2_sums_workspace_bytes(int64_t rows, int cols) {
@@ -47,20 +59,22 @@ static void sum_parts(float *dw, float *dbias, const float *part, int64_t rows, 
                taps);
 }
 
+#define CONV_BWD(V)                                                                                                  \
+    SSD_LAUNCH(dm2k_conv_bwd_kernel<V>, dm2k_conv_groups(C, V), dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din,   \
+               ld_din, part, dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w, starts, \
+               B, T, C)
+
 extern "C" void cuda_dm2_conv_backward(uint16_t *din, int ld_din, float *dw, float *dbias, const uint16_t *dout,
                                        int ld_dout, const uint16_t *in, int ld_in, const float *w,
                                        const uint8_t *starts, int B, int T, int C, void *workspace) {
     int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
     float *part = (float *)(workspace ? workspace : cuda_malloc(cuda_dm2_sums_workspace_bytes(BT, C)));
-    if (C % 8 == 0 && dm2k_vec8(ld_din, din) && dm2k_vec8(ld_dout, dout) && dm2k_vec8(ld_in, in))
-        SSD_LAUNCH(dm2k_conv_bwd_kernel<8>, dm2k_conv_groups(C, 8), dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din,
-                   ld_din, part, dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w,
-                   starts, B, T, C);
-    else
-        SSD_LAUNCH(dm2k_conv_bwd_kernel<1>, dm2k_conv_groups(C, 1), dm2k_row_blocks(BT), DM2K_THREADS, 0, (bf16 *)din,
-                   ld_din, part, dm2k_rows_per_block(BT), (const bf16 *)dout, ld_dout, (const bf16 *)in, ld_in, w,
-                   starts, B, T, C);
+    switch (conv_width(C, 8, ld_din, din, ld_dout, dout, ld_in, in)) {
+    case 8: CONV_BWD(8); break;
+    case 4: CONV_BWD(4); break;
+    default: CONV_BWD(1);
+    }
     sum_parts(dw, dbias, part, BT, C, DM2K_K);
     if (!workspace) cuda_free(part);
 }
@@ -81,7 +95,7 @@ extern "C" void cuda_dm2_gate_forward(uint16_t *yg, const uint16_t *y, const uin
                                       int64_t rows, int inner) {
     if (rows <= 0 || inner <= 0) return;
     const unsigned gy = (unsigned)(rows < 65535 ? rows : 65535);
-    if (inner % 8 == 0 && dm2k_vec8(inner, yg) && dm2k_vec8(inner, y) && dm2k_vec8(ld_z, z))
+    if (conv_width(inner, 8, inner, yg, inner, y, ld_z, z) == 8)
         SSD_LAUNCH(dm2k_gate_fwd_kernel<8>, (inner / 8 + 255) / 256, gy, 256, 0, (bf16 *)yg, (const bf16 *)y,
                    (const bf16 *)z, ld_z, z_bias, rows, inner);
     else

@@ -46,13 +46,14 @@ __device__ __forceinline__ int dm2k_taps_back(const uint8_t *starts, int64_t bt,
     return k;
 }
 
-/* The conv kernels give each thread V adjacent channels: V = 8 through
- * 16-byte loads and stores when the channel count, both row strides and
- * pointers allow it (dm2k_vec8 of each), else V = 1.  A thread walks a run
- * of consecutive rows keeping the inputs (and, backward, the output
+/* The conv kernels give each thread V adjacent channels: V = 8 or 4 through
+ * 16- or 8-byte loads and stores when the channel count, the row strides
+ * and the pointers allow it (dm2k_vec of each), else V = 1.  A thread walks
+ * a run of consecutive rows keeping the inputs (and, backward, the output
  * gradients) the taps need in registers, so each row is read about once
  * instead of once per tap. */
-static inline bool dm2k_vec8(int ld, const void *p) { return ld % 8 == 0 && ((uintptr_t)p & 15) == 0; }
+/* Whether rows ld elements apart from p allow V-wide accesses (V bf16 = 2V bytes). */
+static inline bool dm2k_vec(int V, int ld, const void *p) { return ld % V == 0 && ((uintptr_t)p % (2 * V)) == 0; }
 #define DM2K_RUN 16 /* rows a forward conv thread walks */
 /* Grid of either conv kernel: x over groups of 32 threads' channels. */
 static inline unsigned dm2k_conv_groups(int C, int V) { return (unsigned)((C / V + 31) / 32); }
@@ -70,9 +71,21 @@ static inline float dm2k_as_float(uint32_t u) {
     return f;
 }
 static inline void dm2k_st16(bf16 *p, uint4 v) { memcpy(p, &v, 16); }
+static inline uint2 dm2k_ld8(const bf16 *p) {
+    if (((uintptr_t)p & 7) != 0) {
+        fprintf(stderr, "dm2k_ld8: %p not 8-byte aligned\n", (const void *)p);
+        exit(1);
+    }
+    uint2 v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static inline void dm2k_st8(bf16 *p, uint2 v) { memcpy(p, &v, 8); }
 #else
 __device__ __forceinline__ float dm2k_as_float(uint32_t u) { return __uint_as_float(u); }
 __device__ __forceinline__ void dm2k_st16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
+__device__ __forceinline__ uint2 dm2k_ld8(const bf16 *p) { return __ldg(reinterpret_cast<const uint2 *>(p)); }
+__device__ __forceinline__ void dm2k_st8(bf16 *p, uint2 v) { *reinterpret_cast<uint2 *>(p) = v; }
 #endif
 __device__ __forceinline__ void dm2k_unpack2(float *f, uint32_t w) {
     f[0] = dm2k_as_float(w << 16), f[1] = dm2k_as_float(w & 0xffff0000u);
@@ -82,6 +95,9 @@ template <int V> __device__ __forceinline__ void dm2k_load(float f[V], const bf1
     if constexpr (V == 8) {
         const uint4 u = ssd_ldg16(p);
         dm2k_unpack2(f, u.x), dm2k_unpack2(f + 2, u.y), dm2k_unpack2(f + 4, u.z), dm2k_unpack2(f + 6, u.w);
+    } else if constexpr (V == 4) {
+        const uint2 u = dm2k_ld8(p);
+        dm2k_unpack2(f, u.x), dm2k_unpack2(f + 2, u.y);
     } else {
 #pragma unroll
         for (int i = 0; i < V; i++) f[i] = ssd_bf2f(p[i]);
@@ -91,6 +107,8 @@ template <int V> __device__ __forceinline__ void dm2k_store(bf16 *p, const float
     if constexpr (V == 8) {
         dm2k_st16(p, make_uint4(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3]), ssd_pack2(f[4], f[5]),
                                 ssd_pack2(f[6], f[7])));
+    } else if constexpr (V == 4) {
+        dm2k_st8(p, make_uint2(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3])));
     } else {
 #pragma unroll
         for (int i = 0; i < V; i++) p[i] = ssd_f2bf(f[i]);

@@ -186,7 +186,7 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
     cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
     t->m = m, t->teacher = teacher, t->host = optim, t->B = B, t->T = T, t->n = B * T;
     t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
-    size_t R = LOGIT_CHUNK_ELEMS / (size_t)t->V;
+    size_t R = (getenv("RA_LOGIT_CHUNK_MI") ? (size_t)atoi(getenv("RA_LOGIT_CHUNK_MI")) << 20 : LOGIT_CHUNK_ELEMS) / (size_t)t->V; /* TEMPORARY A/B */
     t->R = (int)(R < 1 ? 1 : R > (size_t)t->n ? (size_t)t->n : R);
     t->ac.err = &t->alloc_err;
     if ((rc = cuda_model_upload(m, &t->cm, err))) goto fail;

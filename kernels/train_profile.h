@@ -7,7 +7,8 @@
  * (train_prof_collect), so profiling adds no synchronisation of its own;
  * time the GPU sat idle while the host prepared the next step is charged to
  * the label of the first mark after it.  train_prof_report prints the table
- * (total ms, ms per step, share) on stderr.  Without the variable every
+ * (total ms, ms per step, share) on stderr; the first step's phases are
+ * dropped (one-time costs).  Without the variable every
  * call returns at once.  Library-internal host code
  * (kernels/train_profile.cu). */
 #ifndef RA_TRAIN_PROFILE_H

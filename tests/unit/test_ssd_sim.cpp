@@ -385,6 +385,7 @@ int main(int argc, char **argv) {
     check_conv<8>(3, 200, 40, 40, 1);
     check_conv<8>(2, 70, 256 + 16, 512, 1); /* two channel groups, the second partly idle */
     check_conv<8>(3, 2, 8, 8, 0);           /* fewer tokens than taps */
+    check_conv<4>(2, 90, 132, 140, 1);
     check_decay_gate(150, 5, 40, 45);
     check_decay_gate(150, 5, 64, 72); /* the gate 8 columns per thread */
     check_decode(3, 4, 8, 8, 2, 7);
