@@ -75,6 +75,7 @@ extern "C" void train_prof_step(void) {
     if (!train_prof_on()) return;
     if (!warmup_dropped) {
         warmup_dropped = 1, n_rows = 0;
+        memset(rows, 0, sizeof rows);
         return;
     }
     steps++;
@@ -100,5 +101,6 @@ extern "C" void train_prof_report(const char *title) {
         fprintf(stderr, "%-44s %10.1f %9.2f %6.1f %8ld\n", rows[i].label, rows[i].ms, rows[i].ms / s,
                 total > 0 ? 100.0 * rows[i].ms / total : 0.0, rows[i].count);
     fprintf(stderr, "cuBLASLt plans made so far (cache misses): %ld\n", cuda_linear_plan_misses());
+    memset(rows, 0, sizeof rows);
     n_rows = 0, steps = 0, n_ev = 0, warmup_dropped = 0;
 }

@@ -193,7 +193,7 @@ static std::vector<float> rnd(size_t n, float scale) {
 }
 
 /* conv forward/backward on strided rows against dm2_conv_forward/backward,
- * with V channels per thread (8: every stride a multiple of 8) */
+ * with V channels per thread (4: every stride a multiple of 4) */
 template <int V> static void check_conv(int B, int T, int C, int ld_in, int docs) {
     const size_t BT = (size_t)B * T;
     auto in = rnd(BT * ld_in, 1), w = rnd((size_t)C * 4, 0.7f), bias = rnd(C, 0.5f), dout = rnd(BT * C, 1);
@@ -382,9 +382,9 @@ int main(int argc, char **argv) {
     check_conv<1>(2, 50, 70, 100, 1);
     check_conv<1>(1, 130, 33, 33, 0);
     check_conv<1>(3, 200, 40, 40, 1); /* 10 row blocks of partial sums */
-    check_conv<8>(3, 200, 40, 40, 1);
-    check_conv<8>(2, 70, 256 + 16, 512, 1); /* two channel groups, the second partly idle */
-    check_conv<8>(3, 2, 8, 8, 0);           /* fewer tokens than taps */
+    check_conv<4>(3, 200, 40, 40, 1);
+    check_conv<4>(2, 70, 128 + 16, 512, 1); /* two channel groups, the second partly idle */
+    check_conv<4>(3, 2, 8, 8, 0);           /* fewer tokens than taps */
     check_conv<4>(2, 90, 132, 140, 1);
     check_decay_gate(150, 5, 40, 45);
     check_decay_gate(150, 5, 64, 72); /* the gate 8 columns per thread */
