@@ -23,11 +23,12 @@ extern "C" {
 
 static unsigned blocks_for(int64_t n) { return ra_grid_for(n, 256); }
 
-/* The widest V (vmax, vmax/2, ..., 1) every row of the given buffers allows.
- * The conv kernels take vmax 4: on the H200 at B·T 8192 and 1984 channels
- * 4 channels per thread beat 8 (conv backward 0.092 vs 0.119 ms, forward
- * 0.028 vs 0.043 ms by ncu), the 8-wide threads holding too many registers. */
-static int conv_width(int C, int vmax, int ld_a, const void *a, int ld_b, const void *b, int ld_c, const void *c) {
+/* The widest V (vmax, vmax/2, ..., 1) every row of the given buffers allows
+ * (conv and gate kernels).  The conv kernels take vmax 4: on the H200 at
+ * B·T 8192 and 1984 channels 4 channels per thread beat 8 (conv backward
+ * 0.092 vs 0.119 ms, forward 0.028 vs 0.043 ms: bench/results/dm2_mixer.md),
+ * the 8-wide threads holding too many registers. */
+static int vec_width(int C, int vmax, int ld_a, const void *a, int ld_b, const void *b, int ld_c, const void *c) {
     for (int V = vmax; V > 1; V /= 2)
         if (C % V == 0 && dm2k_vec(V, ld_a, a) && dm2k_vec(V, ld_b, b) && dm2k_vec(V, ld_c, c)) return V;
     return 1;
@@ -41,7 +42,7 @@ extern "C" void cuda_dm2_conv_forward(uint16_t *out, int ld_out, const uint16_t 
                                       const float *bias, const uint8_t *starts, int B, int T, int C) {
     const int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
-    switch (conv_width(C, 4, ld_out, out, ld_in, in, ld_in, in)) {
+    switch (vec_width(C, 4, ld_out, out, ld_in, in, ld_in, in)) {
     case 4: CONV_FWD(4); break;
     default: CONV_FWD(1);
     }
@@ -70,7 +71,7 @@ extern "C" void cuda_dm2_conv_backward(uint16_t *din, int ld_din, float *dw, flo
     int64_t BT = (int64_t)B * T;
     if (BT <= 0 || C <= 0) return;
     float *part = (float *)(workspace ? workspace : cuda_malloc(cuda_dm2_sums_workspace_bytes(BT, C)));
-    switch (conv_width(C, 4, ld_din, din, ld_dout, dout, ld_in, in)) {
+    switch (vec_width(C, 4, ld_din, din, ld_dout, dout, ld_in, in)) {
     case 4: CONV_BWD(4); break;
     default: CONV_BWD(1);
     }
@@ -94,7 +95,7 @@ extern "C" void cuda_dm2_gate_forward(uint16_t *yg, const uint16_t *y, const uin
                                       int64_t rows, int inner) {
     if (rows <= 0 || inner <= 0) return;
     const unsigned gy = (unsigned)(rows < 65535 ? rows : 65535);
-    if (conv_width(inner, 8, inner, yg, inner, y, ld_z, z) == 8)
+    if (vec_width(inner, 8, inner, yg, inner, y, ld_z, z) == 8)
         SSD_LAUNCH(dm2k_gate_fwd_kernel<8>, (inner / 8 + 255) / 256, gy, 256, 0, (bf16 *)yg, (const bf16 *)y,
                    (const bf16 *)z, ld_z, z_bias, rows, inner);
     else

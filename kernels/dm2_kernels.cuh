@@ -64,31 +64,8 @@ static inline unsigned dm2k_conv_fwd_blocks(int64_t rows) {
 }
 
 /* The two bf16 halves of a 32-bit word as floats (low half first). */
-#ifdef SSD_SIM /* through memcpy: the host compiler's aliasing rules */
-static inline float dm2k_as_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline void dm2k_st16(bf16 *p, uint4 v) { memcpy(p, &v, 16); }
-static inline uint2 dm2k_ld8(const bf16 *p) {
-    if (((uintptr_t)p & 7) != 0) {
-        fprintf(stderr, "dm2k_ld8: %p not 8-byte aligned\n", (const void *)p);
-        exit(1);
-    }
-    uint2 v;
-    memcpy(&v, p, 8);
-    return v;
-}
-static inline void dm2k_st8(bf16 *p, uint2 v) { memcpy(p, &v, 8); }
-#else
-__device__ __forceinline__ float dm2k_as_float(uint32_t u) { return __uint_as_float(u); }
-__device__ __forceinline__ void dm2k_st16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
-__device__ __forceinline__ uint2 dm2k_ld8(const bf16 *p) { return __ldg(reinterpret_cast<const uint2 *>(p)); }
-__device__ __forceinline__ void dm2k_st8(bf16 *p, uint2 v) { *reinterpret_cast<uint2 *>(p) = v; }
-#endif
 __device__ __forceinline__ void dm2k_unpack2(float *f, uint32_t w) {
-    f[0] = dm2k_as_float(w << 16), f[1] = dm2k_as_float(w & 0xffff0000u);
+    f[0] = ssd_as_float(w << 16), f[1] = ssd_as_float(w & 0xffff0000u);
 }
 
 template <int V> __device__ __forceinline__ void dm2k_load(float f[V], const bf16 *p) {
@@ -96,7 +73,7 @@ template <int V> __device__ __forceinline__ void dm2k_load(float f[V], const bf1
         const uint4 u = ssd_ldg16(p);
         dm2k_unpack2(f, u.x), dm2k_unpack2(f + 2, u.y), dm2k_unpack2(f + 4, u.z), dm2k_unpack2(f + 6, u.w);
     } else if constexpr (V == 4) {
-        const uint2 u = dm2k_ld8(p);
+        const uint2 u = ssd_ldg8(p);
         dm2k_unpack2(f, u.x), dm2k_unpack2(f + 2, u.y);
     } else {
 #pragma unroll
@@ -105,10 +82,10 @@ template <int V> __device__ __forceinline__ void dm2k_load(float f[V], const bf1
 }
 template <int V> __device__ __forceinline__ void dm2k_store(bf16 *p, const float f[V]) {
     if constexpr (V == 8) {
-        dm2k_st16(p, make_uint4(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3]), ssd_pack2(f[4], f[5]),
+        ssd_st16(p, make_uint4(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3]), ssd_pack2(f[4], f[5]),
                                 ssd_pack2(f[6], f[7])));
     } else if constexpr (V == 4) {
-        dm2k_st8(p, make_uint2(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3])));
+        ssd_st8(p, make_uint2(ssd_pack2(f[0], f[1]), ssd_pack2(f[2], f[3])));
     } else {
 #pragma unroll
         for (int i = 0; i < V; i++) p[i] = ssd_f2bf(f[i]);
@@ -117,6 +94,26 @@ template <int V> __device__ __forceinline__ void dm2k_store(bf16 *p, const float
 template <int V> __device__ __forceinline__ void dm2k_copy(float d[V], const float s[V]) {
 #pragma unroll
     for (int i = 0; i < V; i++) d[i] = s[i];
+}
+
+/* The conv's window of past inputs: prev[k − 1] is the input k rows back,
+ * avail how many of them are in the current row's document. */
+template <int V>
+__device__ __forceinline__ int dm2k_window_start(float prev[DM2K_K - 1][V], const bf16 *in, int ld_in, int c0,
+                                                 const uint8_t *starts, int64_t r0, int t) {
+    const int avail = dm2k_taps_back(starts, r0, t);
+#pragma unroll
+    for (int k = 1; k < DM2K_K; k++)
+        if (k <= avail) dm2k_load<V>(prev[k - 1], in + (r0 - k) * ld_in + c0);
+    return avail;
+}
+/* After row x: x becomes one row back. */
+template <int V>
+__device__ __forceinline__ void dm2k_window_push(float prev[DM2K_K - 1][V], int &avail, const float x[V]) {
+#pragma unroll
+    for (int k = DM2K_K - 2; k > 0; k--) dm2k_copy<V>(prev[k], prev[k - 1]);
+    dm2k_copy<V>(prev[0], x);
+    if (avail < DM2K_K - 1) avail++;
 }
 
 /* out[bt, c] = bias[c] + Σ_{k ≤ back} w[c, 3 − k] · in[bt − k, c].
@@ -139,10 +136,7 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
     for (int64_t r0 = ((int64_t)blockIdx.y * 8 + (threadIdx.x >> 5)) * DM2K_RUN; r0 < BT;
          r0 += (int64_t)gridDim.y * 8 * DM2K_RUN) {
         int t = (int)(r0 % T);
-        int avail = dm2k_taps_back(starts, r0, t); /* rows back still in this row's document */
-#pragma unroll
-        for (int k = 1; k < DM2K_K; k++)
-            if (k <= avail) dm2k_load<V>(prev[k - 1], in + (r0 - k) * ld_in + c0);
+        int avail = dm2k_window_start<V>(prev, in, ld_in, c0, starts, r0, t);
         const int64_t r1 = r0 + DM2K_RUN < BT ? r0 + DM2K_RUN : BT;
         for (int64_t bt = r0; bt < r1; bt++, t++) {
             if (t == T) t = 0;
@@ -157,10 +151,7 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
 #pragma unroll
                     for (int v = 0; v < V; v++) acc[v] += wk[DM2K_K - 1 - k][v] * prev[k - 1][v];
             dm2k_store<V>(out + bt * ld_out + c0, acc);
-#pragma unroll
-            for (int k = DM2K_K - 2; k > 0; k--) dm2k_copy<V>(prev[k], prev[k - 1]);
-            dm2k_copy<V>(prev[0], x);
-            if (avail < DM2K_K - 1) avail++;
+            dm2k_window_push<V>(prev, avail, x);
         }
     }
 }
@@ -197,10 +188,7 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
 #pragma unroll
             for (int j = 0; j < DM2K_K; j++) wk[j][v] = w[(c0 + v) * DM2K_K + j];
         int t = (int)(r0 % T);
-        int avail = dm2k_taps_back(starts, r0, t);
-#pragma unroll
-        for (int k = 1; k < DM2K_K; k++)
-            if (k <= avail) dm2k_load<V>(prev[k - 1], in + (r0 - k) * ld_in + c0);
+        int avail = dm2k_window_start<V>(prev, in, ld_in, c0, starts, r0, t);
 #pragma unroll
         for (int k = 0; k < DM2K_K; k++)
             if (t + k < T) dm2k_load<V>(fut[k], dout + (r0 + k) * ld_dout + c0);
@@ -235,10 +223,7 @@ static __global__ void __launch_bounds__(DM2K_THREADS)
 #pragma unroll
                     for (int v = 0; v < V; v++) acc[v] += wk[DM2K_K - 1 - k][v] * fut[k][v];
             dm2k_store<V>(din + bt * ld_din + c0, acc);
-#pragma unroll
-            for (int k = DM2K_K - 2; k > 0; k--) dm2k_copy<V>(prev[k], prev[k - 1]);
-            dm2k_copy<V>(prev[0], x);
-            if (avail < DM2K_K - 1) avail++;
+            dm2k_window_push<V>(prev, avail, x);
 #pragma unroll
             for (int k = 0; k < DM2K_K - 1; k++) dm2k_copy<V>(fut[k], fut[k + 1]);
             if (t + DM2K_K < T) dm2k_load<V>(fut[DM2K_K - 1], dout + (bt + DM2K_K) * ld_dout + c0);

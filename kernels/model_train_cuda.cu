@@ -18,7 +18,7 @@
  * chunk's LM-head weight gradient reads and writes the whole fp32 [V, D]
  * gradient (1 GB at Llama-3's vocabulary), so fewer, larger chunks are
  * faster: 2092 rows instead of 1046 took the 1B stage-3 step from 34.6k to
- * 34.9k tokens/s on the H200 for 0.54 GB more. */
+ * 34.9k tokens/s on the H200 for 0.54 GB more (bench/results/dm2_mixer.md). */
 #define LOGIT_CHUNK_ELEMS ((size_t)256 << 20)
 
 /* A master weight the kernels read in fp32 (DM2 conv, D, z_bias): copied

@@ -100,6 +100,10 @@ __device__ __forceinline__ bf16 ssd_f2bf(float v) { return __float2bfloat16(v); 
 __device__ __forceinline__ float ssd_exp(float v) { return __expf(v); }
 __device__ __forceinline__ uint4 ssd_ldg16(const bf16 *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
 __device__ __forceinline__ float4 ssd_ldg_f4(const float *p) { return __ldg(reinterpret_cast<const float4 *>(p)); }
+__device__ __forceinline__ uint2 ssd_ldg8(const bf16 *p) { return __ldg(reinterpret_cast<const uint2 *>(p)); }
+__device__ __forceinline__ void ssd_st16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
+__device__ __forceinline__ void ssd_st8(bf16 *p, uint2 v) { *reinterpret_cast<uint2 *>(p) = v; }
+__device__ __forceinline__ float ssd_as_float(uint32_t u) { return __uint_as_float(u); }
 #endif
 
 /* ---- fragments --------------------------------------------------------------

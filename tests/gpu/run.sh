@@ -11,11 +11,7 @@
 # Uses .deps/ (tests/gpu/pack-deps.sh) as DEPS_PREFIX when present.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/ra-gpu}
-mkdir -p "$OUT"
-export OUT PYTHONUNBUFFERED=1
-if [ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ]; then DEPS_PREFIX=$PWD/.deps; fi
-MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
+. tests/gpu/env.sh
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1); gpu=${gpu:-no nvidia-smi}
 echo "GPU: $gpu"
 t0=$(date +%s)

@@ -7,11 +7,7 @@
 #   tests/gpu/run_decode.sh            (SKIP_BENCH=1 skips the benchmark)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/ra-gpu}
-mkdir -p "$OUT"
-export OUT PYTHONUNBUFFERED=1
-if [ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ]; then DEPS_PREFIX=$PWD/.deps; fi
-MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
+. tests/gpu/env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
 t0=$(date +%s)
 make "${MAKEVARS[@]}" -j16 all test-gpu-bins bench-bins >"$OUT/build.log" 2>&1 || {

@@ -19,10 +19,7 @@
 #   tests/gpu/run_determinism.sh            OLD=../old tests/gpu/run_determinism.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/ra-gpu}
-mkdir -p "$OUT"
-if [ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ]; then DEPS_PREFIX=$PWD/.deps; fi
-MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
+. tests/gpu/env.sh
 W=${WORK:-/tmp/ra-det-work}
 rm -rf "$W" && mkdir -p "$W"
 H=build/tests

@@ -14,10 +14,7 @@
 #   tests/gpu/run_train.sh            (SKIP_BENCH=1 skips 4)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/ra-gpu}
-mkdir -p "$OUT"
-if [ -z "${DEPS_PREFIX:-}" ] && [ -d .deps ]; then DEPS_PREFIX=$PWD/.deps; fi
-MAKEVARS=(CUDA=1 ${DEPS_PREFIX:+DEPS_PREFIX=$DEPS_PREFIX})
+. tests/gpu/env.sh
 W=${WORK:-/tmp/ra-train-work}
 rm -rf "$W" && mkdir -p "$W"
 export PATH="$PWD/bin:$PATH"

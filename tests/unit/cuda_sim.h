@@ -78,23 +78,44 @@ static inline uint32_t ssd_pack2(float lo, float hi) {
     return (uint32_t)sim_f2bf_bits(lo) | ((uint32_t)sim_f2bf_bits(hi) << 16);
 }
 static inline float ssd_exp(float x) { return expf(x); }
-static inline uint4 ssd_ldg16(const bf16 *p) {
-    if (((uintptr_t)p & 15) != 0) {
-        fprintf(stderr, "ssd_ldg16: %p not 16-byte aligned\n", (const void *)p);
+/* Vector accesses through memcpy (the host compiler's aliasing rules),
+ * checking the alignment the hardware demands. */
+static inline void sim_check_aligned(const void *p, uintptr_t bytes, const char *what) {
+    if (((uintptr_t)p & (bytes - 1)) != 0) {
+        fprintf(stderr, "%s: %p not %u-byte aligned\n", what, p, (unsigned)bytes);
         exit(1);
     }
+}
+static inline uint4 ssd_ldg16(const bf16 *p) {
+    sim_check_aligned(p, 16, "ssd_ldg16");
     uint4 v;
     memcpy(&v, p, 16);
     return v;
 }
 static inline float4 ssd_ldg_f4(const float *p) {
-    if (((uintptr_t)p & 15) != 0) {
-        fprintf(stderr, "ssd_ldg_f4: %p not 16-byte aligned\n", (const void *)p);
-        exit(1);
-    }
+    sim_check_aligned(p, 16, "ssd_ldg_f4");
     float4 v;
     memcpy(&v, p, 16);
     return v;
+}
+static inline uint2 ssd_ldg8(const bf16 *p) {
+    sim_check_aligned(p, 8, "ssd_ldg8");
+    uint2 v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static inline void ssd_st16(bf16 *p, uint4 v) {
+    sim_check_aligned(p, 16, "ssd_st16");
+    memcpy(p, &v, 16);
+}
+static inline void ssd_st8(bf16 *p, uint2 v) {
+    sim_check_aligned(p, 8, "ssd_st8");
+    memcpy(p, &v, 8);
+}
+static inline float ssd_as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 /* ---- cooperative threads -------------------------------------------------- */
