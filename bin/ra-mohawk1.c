@@ -87,8 +87,8 @@ int main(int argc, char **argv) {
     m1_args a;
     parse_args(argc, argv, &a);
     ra_error err = {0};
-    if (ra_train_device_check(&a.t, &err)) ra_die_error(&err);
     if (!strcmp(a.t.out, "-") && ra_check_binary_stdout(&err)) ra_die_error(&err);
+    int cuda = a.t.device == RA_DEVICE_CUDA;
 
     ra_model *t, *s;
     if (ra_model_load(a.teacher, &t, &err)) ra_die_error(&err);
@@ -98,13 +98,20 @@ int main(int argc, char **argv) {
     uint8_t *layers = xcalloc(s->cfg.num_layers, 1);
     parse_layers(a.layers, s->cfg.num_layers, layers);
 
+    /* On cuda the CPU stage, made for rows of 1 token, only registers the
+     * parameters; the device stage trains. */
+    int64_t max_bytes = (int64_t)(a.max_gb * 1e9);
     ra_stage1 *st;
-    if (ra_stage1_create(t, s, layers, a.t.seq_len, (int64_t)(a.max_gb * 1e9), &st, &err)) ra_die_error(&err);
+    if (ra_stage1_create(t, s, layers, cuda ? 1 : a.t.seq_len, max_bytes, &st, &err)) ra_die_error(&err);
     ra_optim *optim = ra_optim_create(NULL);
     if (ra_stage1_register(st, optim, &err)) ra_die_error(&err);
 
+    int n_trained = ra_stage1_n_layers(st), *trained_layers = xmalloc((size_t)n_trained * sizeof(int));
     json_t *trained = json_array();
-    for (int i = 0; i < ra_stage1_n_layers(st); i++) json_array_append_new(trained, json_integer(ra_stage1_layer(st, i)));
+    for (int i = 0; i < n_trained; i++) {
+        trained_layers[i] = ra_stage1_layer(st, i);
+        json_array_append_new(trained, json_integer(trained_layers[i]));
+    }
     json_t *run = json_pack("{s:s, s:s, s:O}", "teacher", t->content_id, "student", s->content_id, "layers", trained);
     ra_train_stage stage = {.name = "stage1",
                             .ctx = st,
@@ -113,8 +120,15 @@ int main(int argc, char **argv) {
                             .vocab_size = t->cfg.vocab_size,
                             .micro_step = micro_step,
                             .eval = eval_step};
+    ra_stage1_device *dev = NULL;
+    if (cuda && ra_stage1_device_create(&dev, &stage, t, s, trained_layers, n_trained, optim, a.t.batch, a.t.seq_len,
+                                        max_bytes, &err))
+        ra_die_error(&err);
     ra_train_result res;
-    if (ra_train_run("ra-mohawk1", &a.t, &stage, &res, &err)) ra_die_error(&err);
+    int rc = ra_train_run("ra-mohawk1", &a.t, &stage, &res, &err);
+    if (cuda) /* for benchmarks (man page: peak device memory) */
+        fprintf(stderr, "peak_device_bytes=%zu\n", ra_stage1_device_peak_bytes(dev));
+    if (rc) ra_die_error(&err);
 
     json_t *params = ra_train_params_json(&a.t);
     json_object_set(params, "layers", trained);
@@ -133,7 +147,9 @@ int main(int argc, char **argv) {
     json_decref(run);
     json_decref(trained);
     ra_optim_free(optim);
+    ra_stage1_device_free(dev);
     ra_stage1_free(st);
+    free(trained_layers);
     free(layers);
     ra_model_free(s);
     ra_model_free(t);

@@ -417,6 +417,23 @@ extern "C" void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const u
     block_forward(b, l, out, x, bt, 0);
 }
 
+extern "C" void cuda_block_attention_probs(cuda_blocks *b, int l, float *probs, const int32_t *heads, int n_heads,
+                                           int b0, int nb, const cuda_block_batch *bt) {
+    lshape s = shape_of(b->cm, l);
+    RA_CHECK(s.nq > 0 && b0 >= 0 && nb >= 1 && b0 + nb <= bt->B);
+    block_acts A = acts_of(b, l);
+    const int hd = b->cm->cfg.head_dim;
+    const size_t r0 = (size_t)b0 * bt->T;
+    cuda_attention_args at;
+    memset(&at, 0, sizeof at);
+    at.q = A.qkv + r0 * s.w, at.q_stride = s.w;
+    at.k = at.q + (size_t)s.nq * hd, at.v = at.q + (size_t)(s.nq + s.nkv) * hd, at.kv_stride = s.w;
+    at.doc_start = bt->doc_start ? bt->doc_start + r0 : NULL;
+    at.B = nb, at.T = bt->T, at.H = s.nq, at.Hkv = s.nkv, at.hd = hd;
+    at.probs = probs, at.probs_heads = heads, at.n_probs_heads = n_heads;
+    cuda_attention_forward_ex(&at);
+}
+
 extern "C" void cuda_block_recompute(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x,
                                      const cuda_block_batch *bt) {
     if (b->recompute == CUDA_BLOCKS_SELECTIVE) block_forward(b, l, out, x, bt, 1);

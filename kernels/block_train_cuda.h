@@ -81,6 +81,13 @@ void cuda_block_grads_zero_fused(cuda_block_grads *g, const cuda_model *cm, int 
 
 /* out [n, D] = block l (x [n, D]), saving activations. */
 void cuda_block_forward(cuda_blocks *b, int l, uint16_t *out, const uint16_t *x, const cuda_block_batch *bt);
+/* After cuda_block_forward of layer l (it has attention heads): the softmax
+ * probabilities of its query heads heads[0..n_heads) (device int32) for
+ * batch rows b0 .. b0+nb−1, probs fp32 [nb, n_heads, T, T] (0 above the
+ * diagonal and across document starts), from that forward's q and k after
+ * RoPE: the attention it ran.  MOHAWK stage 1's teacher matrices. */
+void cuda_block_attention_probs(cuda_blocks *b, int l, float *probs, const int32_t *heads, int n_heads, int b0, int nb,
+                                const cuda_block_batch *bt);
 /* Before layer l's backward when the set is not saved (RECOMPUTE: the
  * whole forward again into out; SELECTIVE: what it did not keep, out
  * untouched; SAVE_ALL: nothing).  x is the forward's input. */

@@ -130,7 +130,7 @@ typedef struct cuda_dm2_acts {
     float *a;                                  /* [B,T,Hs] */
     uint16_t *dproj, *dx, *dBm, *dCm, *dy, *dyg;
     float *da, *dD;
-    void *ws;      /* cuda_ssd_chunked_workspace_bytes(backward) */
+    void *ws;      /* the larger of cuda_ssd_chunked_workspace_bytes and cuda_ssd_matrix_workspace_bytes (backward) */
     void *sums_ws; /* cuda_dm2_sums_workspace_bytes(B·T, max(d_inner, n_groups·d_state)) */
 } cuda_dm2_acts;
 

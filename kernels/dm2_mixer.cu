@@ -50,6 +50,13 @@ static layout layout_of(const dm2_config *c) {
 
 static int chunk_of(const dm2_config *c) { return c->chunk > 0 ? c->chunk : SSD_DEFAULT_CHUNK; }
 
+/* The SSD workspace serves the chunked scan's backward and the mixing
+ * matrix's (stage 1). */
+static size_t ws_bytes(const ssd_dims *d, int chunk) {
+    size_t a = cuda_ssd_chunked_workspace_bytes(d, chunk, 1), b = cuda_ssd_matrix_workspace_bytes(d, 1);
+    return a > b ? a : b;
+}
+
 extern "C" cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cfg, ra_error *err) {
     if (dm2_check_config(cfg, err)) return NULL;
     if (B < 1 || T < 1) {
@@ -82,7 +89,7 @@ extern "C" cuda_dm2_acts *cuda_dm2_acts_alloc(int B, int T, const dm2_config *cf
         {(void **)&s->yg, BT * L.inner * 2, "dm2 gated output"},
         {(void **)&s->dyg, BT * L.inner * 2, "dm2 gated output gradient"},
         {(void **)&s->dD, (size_t)L.H * 4, "dm2 dD"},
-        {&s->ws, cuda_ssd_chunked_workspace_bytes(&d, chunk_of(cfg), 1), "dm2 SSD workspace"},
+        {&s->ws, ws_bytes(&d, chunk_of(cfg)), "dm2 SSD workspace"},
         {&s->sums_ws, cuda_dm2_sums_workspace_bytes((int64_t)BT, L.inner > L.gn ? L.inner : L.gn),
          "dm2 gradient partial sums"},
     };
@@ -208,7 +215,7 @@ extern "C" void cuda_dm2_matrix_forward(float *Tm, cuda_dm2_acts *s, const cuda_
                                         const uint8_t *starts) {
     project(s, p, u, starts, 0);
     ssd_dims d = dm2_ssd_dims(&s->cfg, s->B, s->T);
-    cuda_ssd_matrix_forward(Tm, s->Bm, s->Cm, s->a, p->D, starts, &d, NULL);
+    cuda_ssd_matrix_forward(Tm, s->Bm, s->Cm, s->a, p->D, starts, &d, s->ws);
 }
 
 extern "C" void cuda_dm2_matrix_backward(cuda_dm2_grads *g, uint16_t *du, const float *dTm, cuda_dm2_acts *s,
@@ -216,7 +223,7 @@ extern "C" void cuda_dm2_matrix_backward(cuda_dm2_grads *g, uint16_t *du, const 
     const layout L = layout_of(&s->cfg);
     const int64_t BT = (int64_t)s->B * s->T;
     ssd_dims d = dm2_ssd_dims(&s->cfg, s->B, s->T);
-    cuda_ssd_matrix_backward(s->dBm, s->dCm, s->da, s->dD, dTm, s->Bm, s->Cm, s->a, starts, &d, NULL);
+    cuda_ssd_matrix_backward(s->dBm, s->dCm, s->da, s->dD, dTm, s->Bm, s->Cm, s->a, starts, &d, s->ws);
     add_dD(g->D, s->dD, L.H);
     CUDA_CHECK(cudaMemset2DAsync(s->dproj + L.off_z, (size_t)L.ld * 2, 0, (size_t)L.inner * 2, (size_t)BT,
                                  ra_cuda_stream));

@@ -6,11 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block_train_cuda.h"
-#include "forward_cuda_internal.h"
 #include "hybrid_ops_cuda.h"
-#include "model_train_cuda.h"
-#include "ops_backward_cuda.h"
+#include "model_train_cuda_internal.h"
 #include "ops_cuda.h"
 #include "train_profile.h"
 
@@ -21,54 +18,7 @@
  * 34.9k tokens/s on the H200 for 0.54 GB more (bench/results/dm2_mixer.md). */
 #define LOGIT_CHUNK_ELEMS ((size_t)256 << 20)
 
-/* A master weight the kernels read in fp32 (DM2 conv, D, z_bias): copied
- * from the optimiser after every change. */
-typedef struct mirror32 {
-    float *dst;
-    int param;
-} mirror32;
-
-struct cuda_model_train {
-    ra_model *m;
-    const ra_model *teacher;
-    ra_optim *host;
-    cuda_model *cm, *tm;       /* student compute copies, teacher */
-    cuda_forward_state *tfs;   /* teacher forward */
-    cuda_optim *opt;
-    cuda_blocks *blocks;
-    int recompute;
-    /* stage 2: the teacher runs as blocks too (X holds its residuals); the
-     * listed layers; the per-layer losses of the last batch */
-    cuda_blocks *tblocks;
-    int *layers, n_layers;
-    double *layer_losses;
-    int B, T, n, R, L, D, V, hd;
-    cuda_alloc_ctx ac;
-    ra_error alloc_err;
-    /* activations */
-    uint16_t **X;              /* [L+1] residuals [n, D] */
-    uint16_t *xfn, *dxfn;      /* final-normed [n, D], its gradient */
-    float *rstdf;
-    uint16_t *zs, *zt, *thn;   /* logit chunks [R, V], teacher normed chunk [R, D] */
-    float *row_loss;           /* [n] */
-    float *cos_t, *sin_t;      /* [n, hd/2] */
-    uint8_t *starts;           /* [n] */
-    int32_t *d_ints;           /* tokens, doc_start, labels, positions, then the rows grouped by token:
-                                  rows [n], ids [n], offsets [n+1] (cuda_embedding_backward_sorted) */
-    int n_ids;                 /* distinct tokens of the batch */
-    uint16_t *dres;            /* the residual gradient [n, D] */
-    /* gradients */
-    cuda_block_grads *lg;      /* [L] */
-    float *g_embed, *g_final_norm, *g_lm_head;
-    mirror32 *mirrors;
-    int n_mirrors;
-    /* host scratch */
-    int32_t *h_ints, *h_labels, *h_count; /* h_count [V+1] */
-    float *h_rows;
-    size_t peak;
-};
-
-static void sample_peak(cuda_model_train *t) {
+void mt_sample_peak(cuda_model_train *t) {
     size_t fr = 0, tot = 0;
     cuda_mem_info(&fr, &tot);
     if (tot - fr > t->peak) t->peak = tot - fr;
@@ -80,7 +30,7 @@ extern "C" int cuda_model_train_recomputes(const cuda_model_train *t) { return t
 
 /* ---- shapes ------------------------------------------------------------------------------ */
 
-static int check_supported(const ra_model *m, const char *role, ra_error *err) {
+int mt_check_supported(const ra_model *m, const char *role, ra_error *err) {
     const hf_config *c = &m->cfg;
     if (c->head_dim != 32 && c->head_dim != 64 && c->head_dim != 128)
         return ra_fail(err, EX_UNAVAILABLE,
@@ -98,56 +48,57 @@ static int check_supported(const ra_model *m, const char *role, ra_error *err) {
 
 /* ---- allocation --------------------------------------------------------------------------- */
 
-static void *dalloc(cuda_model_train *t, size_t bytes, const char *what) { return cuda_alloc_in(&t->ac, bytes, what); }
+void *mt_dalloc(cuda_model_train *t, size_t bytes, const char *what) { return cuda_alloc_in(&t->ac, bytes, what); }
 
-static int oom_code(int rc, ra_error *err, int B, int T) {
+int mt_oom_code(int rc, ra_error *err, int B, int T) {
     if (rc != EX_TEMPFAIL) return rc;
     err->code = EX_OSERR;
     ra_error_prefix(err, "--device cuda: training batch %d × %d tokens: ", B, T);
     return EX_OSERR;
 }
 
-static int alloc_failed(cuda_model_train *t, ra_error *err) {
+int mt_alloc_failed(cuda_model_train *t, ra_error *err) {
     if (!t->ac.rc) return 0;
     *err = t->alloc_err;
-    if (err->code == EX_TEMPFAIL) return oom_code(EX_TEMPFAIL, err, t->B, t->T);
+    if (err->code == EX_TEMPFAIL) return mt_oom_code(EX_TEMPFAIL, err, t->B, t->T);
     return err->code;
 }
 
 static void alloc_acts(cuda_model_train *t) {
     size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
     t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
-    for (int l = 0; l <= t->L; l++) t->X[l] = (uint16_t *)dalloc(t, n * D * 2, "the residual stream (per layer)");
-    t->xfn = (uint16_t *)dalloc(t, n * D * 2, "the final-normed hidden states");
-    t->dxfn = (uint16_t *)dalloc(t, n * D * 2, "their gradient");
-    t->rstdf = (float *)dalloc(t, n * 4, "final RMSNorm statistics");
-    t->zs = (uint16_t *)dalloc(t, (size_t)t->R * t->V * 2, "a chunk of logits");
+    for (int l = 0; l <= t->L; l++) t->X[l] = (uint16_t *)mt_dalloc(t, n * D * 2, "the residual stream (per layer)");
+    t->xfn = (uint16_t *)mt_dalloc(t, n * D * 2, "the final-normed hidden states");
+    t->dxfn = (uint16_t *)mt_dalloc(t, n * D * 2, "their gradient");
+    t->rstdf = (float *)mt_dalloc(t, n * 4, "final RMSNorm statistics");
+    t->zs = (uint16_t *)mt_dalloc(t, (size_t)t->R * t->V * 2, "a chunk of logits");
     if (t->teacher) {
-        t->zt = (uint16_t *)dalloc(t, (size_t)t->R * t->V * 2, "a chunk of teacher logits");
-        t->thn = (uint16_t *)dalloc(t, (size_t)t->R * D * 2, "teacher normed hidden states");
+        t->zt = (uint16_t *)mt_dalloc(t, (size_t)t->R * t->V * 2, "a chunk of teacher logits");
+        t->thn = (uint16_t *)mt_dalloc(t, (size_t)t->R * D * 2, "teacher normed hidden states");
     }
-    t->row_loss = (float *)dalloc(t, n * 4, "per-row losses");
-    t->cos_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
-    t->sin_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
-    t->starts = (uint8_t *)dalloc(t, n, "document starts");
-    t->d_ints = (int32_t *)dalloc(t, (7 * n + 1) * 4, "token ids, document starts, labels, positions");
-    t->dres = (uint16_t *)dalloc(t, n * D * 2, "the residual gradient");
+    t->row_loss = (float *)mt_dalloc(t, n * 4, "per-row losses");
+    t->cos_t = (float *)mt_dalloc(t, n * half * 4, "RoPE tables");
+    t->sin_t = (float *)mt_dalloc(t, n * half * 4, "RoPE tables");
+    t->starts = (uint8_t *)mt_dalloc(t, n, "document starts");
+    t->d_ints = (int32_t *)mt_dalloc(t, (7 * n + 1) * 4, "token ids, document starts, labels, positions");
+    t->dres = (uint16_t *)mt_dalloc(t, n * D * 2, "the residual gradient");
 }
 
 extern "C" void cuda_model_train_free(cuda_model_train *t) {
     if (!t) return;
-    train_prof_report(t->teacher ? "kd step" : t->tblocks ? "stage 2 step" : "step");
+    train_prof_report(t->teacher ? "kd step" : t->s1_Tm ? "stage 1 step" : t->tblocks ? "stage 2 step" : "step");
     cuda_synchronize();
     if (t->X)
         for (int l = 0; l <= t->L; l++) cuda_free(t->X[l]);
     if (t->lg)
         for (int l = 0; l < t->L; l++) cuda_block_grads_free_fused(&t->lg[l]);
-    void *p[] = {t->xfn, t->dxfn, t->rstdf, t->zs, t->zt, t->thn, t->row_loss, t->cos_t, t->sin_t, t->starts, t->d_ints,
-                 t->dres};
+    void *p[] = {t->xfn,   t->dxfn,   t->rstdf,  t->zs,       t->zt,   t->thn,   t->row_loss, t->cos_t,
+                 t->sin_t, t->starts, t->d_ints, t->dres, t->s1_heads, t->s1_A, t->s1_Tm};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) cuda_free(p[i]);
     cuda_blocks_free(t->blocks);
     cuda_blocks_free(t->tblocks);
-    free(t->layers), free(t->layer_losses);
+    cuda_dm2_acts_free(t->s1_dm2);
+    free(t->layers);
     cuda_optim_free(t->opt);
     cuda_forward_state_free(t->tfs);
     cuda_model_free(t->tm);
@@ -175,13 +126,9 @@ static int choose_recompute(const cuda_model *cm, int B, int T) {
 extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, const ra_model *teacher, ra_optim *optim,
                                        int B, int T, ra_error *err) {
     *out = NULL;
-    int rc = cuda_device_init(0, err);
-    if (rc) {
-        char msg[sizeof err->msg];
-        memcpy(msg, err->msg, sizeof msg);
-        return ra_fail(err, rc, "--device cuda: %s; use --device cpu", msg);
-    }
-    if ((rc = check_supported(m, "student", err))) return rc;
+    int rc = cuda_device_init(0, err); /* its message names --device cuda */
+    if (rc) return rc;
+    if ((rc = mt_check_supported(m, "student", err))) return rc;
     if (teacher && (rc = ra_stage3_check_pair(teacher, m, err))) return rc;
     if (teacher && teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
     if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
@@ -199,7 +146,7 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
         if ((rc = cuda_forward_state_create(t->tm, B, T, &t->tfs, err))) goto fail;
     }
     alloc_acts(t);
-    if ((rc = alloc_failed(t, err))) goto fail;
+    if ((rc = mt_alloc_failed(t, err))) goto fail;
     t->recompute = choose_recompute(t->cm, B, T);
     if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, t->recompute, err))) goto fail;
     {
@@ -212,11 +159,11 @@ extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, cons
     t->h_labels = (int32_t *)xmalloc((size_t)t->n * sizeof(int32_t));
     t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
     cuda_synchronize();
-    sample_peak(t);
+    mt_sample_peak(t);
     *out = t;
     return 0;
 fail:
-    rc = oom_code(rc, err, B, T);
+    rc = mt_oom_code(rc, err, B, T);
     cuda_model_train_free(t);
     return rc;
 }
@@ -231,6 +178,7 @@ typedef struct place {
     int layer;           /* its layer, −1 outside the layers */
     int fused;           /* F_* when its gradient is a slice of a fused buffer, else −1 */
     size_t off;          /* offset in that buffer */
+    size_t elem;         /* first element of a row slice of the tensor (stage 1's in_proj.weight[BC]) */
 } place;
 
 enum { F_WQKV, F_BQKV, F_GU, F_SSM };
@@ -292,19 +240,29 @@ static int find_place(cuda_model_train *t, float **slot, place *p) {
 static float *fused_grad(cuda_model_train *t, const place *p) {
     cuda_block_grads *g = &t->lg[p->layer];
     switch (p->fused) {
-    case F_WQKV: return g->wqkv ? g->wqkv + p->off : NULL;
-    case F_BQKV: return g->bqkv ? g->bqkv + p->off : NULL;
-    case F_GU: return g->w_gate_up ? g->w_gate_up + p->off : NULL;
+    case F_WQKV: return g->wqkv ? g->wqkv + p->off + p->elem : NULL;
+    case F_BQKV: return g->bqkv ? g->bqkv + p->off + p->elem : NULL;
+    case F_GU: return g->w_gate_up ? g->w_gate_up + p->off + p->elem : NULL;
     default: {
         float *a[] = {g->ssm.in_proj_w, g->ssm.conv_w, g->ssm.conv_b, g->ssm.D, g->ssm.z_bias, g->ssm.out_proj_w};
-        return a[p->off];
+        return a[p->off] + p->elem;
     }
     }
 }
 
-static float **slot_of(const ra_model_tensor *tl, int nt, const char *name) {
-    for (int j = 0; j < nt; j++)
-        if (!strcmp(tl[j].name, name)) return tl[j].data;
+/* The model tensor that holds host parameter p's weights, found by address
+ * (p is a whole tensor, or a slice of one as stage 1 registers), and p's
+ * first element in it. */
+static float **slot_holding(const ra_model_tensor *tl, int nt, const ra_param *p, size_t *elem) {
+    uintptr_t w = (uintptr_t)p->w;
+    for (int j = 0; j < nt; j++) {
+        uintptr_t base = (uintptr_t)*tl[j].data;
+        int64_t numel = tl[j].ndim == 2 ? tl[j].shape[0] * tl[j].shape[1] : tl[j].shape[0];
+        if (base && w >= base && w + (size_t)p->numel * sizeof(float) <= base + (size_t)numel * sizeof(float)) {
+            *elem = (w - base) / sizeof(float);
+            return tl[j].data;
+        }
+    }
     return NULL;
 }
 
@@ -318,7 +276,7 @@ static void refresh_mirrors(cuda_model_train *t) {
 extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     int rc = cuda_optim_create(&t->opt, t->host, err);
     if (rc) {
-        rc = oom_code(rc, err, t->B, t->T);
+        rc = mt_oom_code(rc, err, t->B, t->T);
         return ra_error_prefix(err, "the optimiser state: ");
     }
     t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg); /* places point into it */
@@ -327,11 +285,15 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     place *pl = (place *)xcalloc((size_t)(np ? np : 1), sizeof *pl);
     int *want = (int *)xcalloc((size_t)t->L * 3, sizeof(int)); /* per layer: q/k/v, gate/up trainable; any param */
     for (int i = 0; i < np && !rc; i++) {
-        float **slot = slot_of(tl, nt, t->opt->params[i].name);
-        if (!slot || !find_place(t, slot, &pl[i]))
+        size_t elem = 0;
+        float **slot = slot_holding(tl, nt, &t->host->params[i], &elem);
+        if (!slot || !find_place(t, slot, &pl[i]) || (elem && pl[i].fused < 0))
             rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device",
                          t->opt->params[i].name);
         else if (pl[i].layer >= 0) {
+            pl[i].elem = elem; /* a slice: its gradient is part of a fused buffer */
+            if (pl[i].compute) pl[i].compute += elem;
+            if (pl[i].mirror) pl[i].mirror += elem;
             int *w = want + 3 * pl[i].layer, fr = t->opt->params[i].frozen;
             w[2] = 1;
             if (!fr && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV)) w[0] = 1;
@@ -342,7 +304,7 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     for (int l = 0; l < t->L && !rc; l++) {
         if (!want[3 * l + 2]) continue; /* stage 2: a layer not trained */
         cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[3 * l], want[3 * l + 1], &t->ac);
-        rc = alloc_failed(t, err);
+        rc = mt_alloc_failed(t, err);
     }
     t->mirrors = (mirror32 *)xcalloc((size_t)(np ? np : 1), sizeof *t->mirrors);
     for (int i = 0; i < np && !rc; i++) {
@@ -359,7 +321,7 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
     cuda_optim_refresh_compute(t->opt);
     refresh_mirrors(t);
     cuda_synchronize();
-    sample_peak(t);
+    mt_sample_peak(t);
     return 0;
 }
 
@@ -401,7 +363,7 @@ extern "C" int cuda_model_train_grad(cuda_model_train *t, const char *name, floa
 
 /* ---- the step ------------------------------------------------------------------------------------ */
 
-static int check_batch(const cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, int B, int T,
+int mt_check_batch(const cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, int B, int T,
                        ra_error *err) {
     if (B != t->B || T != t->T)
         return ra_fail(err, EX_SOFTWARE, "model_train: batch %d × %d, buffers made for %d × %d", B, T, t->B, t->T);
@@ -420,7 +382,7 @@ static int check_batch(const cuda_model_train *t, const int32_t *tokens, const i
 
 /* Host inputs → one upload: tokens, doc_start, labels, positions, and the
  * rows grouped by token (a counting sort, rows ascending within a token). */
-static void upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start,
+void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start,
                           const int32_t *labels) {
     size_t n = (size_t)t->n;
     int32_t *h = t->h_ints;
@@ -444,10 +406,21 @@ static void upload_inputs(cuda_model_train *t, const int32_t *tokens, const int3
     cuda_upload(t->d_ints, h, (7 * n + 1) * 4);
 }
 
+void mt_batch_tables(cuda_model_train *t, const int32_t *doc_start, cuda_block_batch *bt) {
+    size_t n = (size_t)t->n;
+    const int32_t *d_doc = doc_start ? t->d_ints + n : NULL;
+    cuda_rope_tables(t->cos_t, t->sin_t, t->d_ints + 3 * n, (int)n, t->cm->inv_freq, t->hd);
+    *bt = (cuda_block_batch){t->B, t->T, t->cos_t, t->sin_t, d_doc, NULL};
+    if (d_doc) {
+        cuda_hybrid_starts(t->starts, d_doc, (int)n, t->T);
+        bt->starts = t->starts;
+    }
+}
+
 extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_stage3_loss kind, const int32_t *tokens,
                                      const int32_t *doc_start, const int32_t *labels, int B, int T, float temperature,
                                      float dloss, double *loss, int *counted, ra_error *err) {
-    int rc = check_batch(t, tokens, doc_start, B, T, err);
+    int rc = mt_check_batch(t, tokens, doc_start, B, T, err);
     if (rc) return rc;
     if (!t->opt) return ra_fail(err, EX_SOFTWARE, "cuda_model_train_step before cuda_model_train_begin");
     int n = t->n, D = t->D, V = t->V, L = t->L;
@@ -472,10 +445,9 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         if (counted) *counted = total;
     }
     train_prof_mark("host: between steps (logging, checks)");
-    upload_inputs(t, tokens, doc_start, labels);
+    mt_upload_inputs(t, tokens, doc_start, labels);
     train_prof_mark("host: inputs, upload");
-    const int32_t *d_tokens = t->d_ints, *d_doc = doc_start ? t->d_ints + n : NULL;
-    const int32_t *d_labels = t->d_ints + 2 * (size_t)n, *d_pos = t->d_ints + 3 * (size_t)n;
+    const int32_t *d_tokens = t->d_ints, *d_labels = t->d_ints + 2 * (size_t)n;
 
     if (kind == RA_LOSS_KD) { /* the teacher's last residual, left in tfs->x */
         ra_forward_opts o;
@@ -486,12 +458,8 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     }
 
     /* forward */
-    cuda_rope_tables(t->cos_t, t->sin_t, d_pos, n, t->cm->inv_freq, t->hd);
-    cuda_block_batch bt = {B, T, t->cos_t, t->sin_t, d_doc, NULL};
-    if (d_doc) {
-        cuda_hybrid_starts(t->starts, d_doc, n, T);
-        bt.starts = t->starts;
-    }
+    cuda_block_batch bt;
+    mt_batch_tables(t, doc_start, &bt);
     cuda_embedding_forward(t->X[0], d_tokens, t->cm->embed, n, D);
     train_prof_mark("embedding, rope tables");
     for (int l = 0; l < L; l++) cuda_block_forward(t->blocks, l, t->X[l + 1], t->X[l], &bt);
@@ -545,105 +513,6 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     double sum = 0;
     for (int i = 0; i < n; i++) sum += t->h_rows[i];
     *loss = total ? sum / total : 0;
-    sample_peak(t);
+    mt_sample_peak(t);
     return 0;
 }
-
-/* ---- stage 2 --------------------------------------------------------------------------------- */
-
-extern "C" int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher,
-                                        ra_optim *optim, const int *layers, int n_layers, int B, int T,
-                                        ra_error *err) {
-    *out = NULL;
-    int rc = cuda_device_init(0, err);
-    if (rc) {
-        char msg[sizeof err->msg];
-        memcpy(msg, err->msg, sizeof msg);
-        return ra_fail(err, rc, "--device cuda: %s; use --device cpu", msg);
-    }
-    if ((rc = check_supported(student, "student", err))) return rc;
-    if (teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
-    if (n_layers < 1) return ra_fail(err, EX_USAGE, "stage 2: no layers to train");
-    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
-        return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
-    const hf_config *c = &student->cfg;
-    cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
-    t->m = student, t->host = optim, t->B = B, t->T = T, t->n = B * T;
-    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
-    t->layers = (int *)xmalloc((size_t)n_layers * sizeof(int));
-    memcpy(t->layers, layers, (size_t)n_layers * sizeof(int));
-    t->n_layers = n_layers;
-    t->layer_losses = (double *)xcalloc((size_t)n_layers, sizeof(double));
-    t->ac.err = &t->alloc_err;
-    t->recompute = CUDA_BLOCKS_RECOMPUTE; /* each listed layer's backward follows its forward */
-    size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
-    int last = layers[n_layers - 1];
-    if ((rc = cuda_model_upload(student, &t->cm, err))) goto fail;
-    if ((rc = cuda_model_upload(teacher, &t->tm, err))) goto fail;
-    t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
-    for (int l = 0; l <= last + 1; l++) t->X[l] = (uint16_t *)dalloc(t, n * D * 2, "the teacher's residuals");
-    t->dres = (uint16_t *)dalloc(t, n * D * 2, "the student block's output");
-    t->cos_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
-    t->sin_t = (float *)dalloc(t, n * half * 4, "RoPE tables");
-    t->starts = (uint8_t *)dalloc(t, n, "document starts");
-    t->d_ints = (int32_t *)dalloc(t, (7 * n + 1) * 4, "token ids, document starts, positions");
-    if ((rc = alloc_failed(t, err))) goto fail;
-    if ((rc = cuda_blocks_create(&t->tblocks, t->tm, B, T, 1, err))) goto fail;
-    if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, 1, err))) goto fail;
-    {
-        int width, kv, ad;
-        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
-        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err))) goto fail;
-    }
-    t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
-    t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
-    t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
-    cuda_synchronize();
-    sample_peak(t);
-    *out = t;
-    return 0;
-fail:
-    rc = oom_code(rc, err, B, T);
-    cuda_model_train_free(t);
-    return rc;
-}
-
-extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens,
-                                      const int32_t *doc_start, int B, int T, float dloss, double *loss,
-                                      ra_error *err) {
-    int rc = check_batch(t, tokens, doc_start, B, T, err);
-    if (rc) return rc;
-    if (!t->opt) return ra_fail(err, EX_SOFTWARE, "cuda_stage2_train_step before cuda_model_train_begin");
-    int n = t->n, D = t->D, last = t->layers[t->n_layers - 1];
-    upload_inputs(t, tokens, doc_start, NULL);
-    const int32_t *d_doc = doc_start ? t->d_ints + n : NULL, *d_pos = t->d_ints + 3 * (size_t)n;
-    cuda_rope_tables(t->cos_t, t->sin_t, d_pos, n, t->cm->inv_freq, t->hd);
-    cuda_block_batch bt = {B, T, t->cos_t, t->sin_t, d_doc, NULL};
-    if (d_doc) {
-        cuda_hybrid_starts(t->starts, d_doc, n, T);
-        bt.starts = t->starts;
-    }
-    /* the teacher's residuals entering layers 0 .. last + 1 */
-    cuda_embedding_forward(t->X[0], t->d_ints, t->tm->embed, n, D);
-    train_prof_mark("host: between steps, inputs");
-    for (int l = 0; l <= last; l++) cuda_block_forward(t->tblocks, l, t->X[l + 1], t->X[l], &bt);
-    train_prof_mark("teacher blocks forward");
-    double total = 0;
-    for (int i = 0; i < t->n_layers; i++) {
-        int l = t->layers[i];
-        cuda_block_forward(t->blocks, l, t->dres, t->X[l], &bt);
-        t->layer_losses[i] = cuda_loss_l2_forward(t->dres, t->X[l + 1], n, D);
-        total += t->layer_losses[i];
-        if (!want_grads) continue;
-        cuda_loss_l2_backward(t->dres, t->dres, t->X[l + 1], n, D, dloss);
-        cuda_block_backward(t->blocks, l, &t->lg[l], t->dres, t->X[l], &bt, 0);
-    }
-    *loss = total;
-    train_prof_mark("stage 2 losses (sync)");
-    train_prof_collect();
-    train_prof_step();
-    sample_peak(t);
-    return 0;
-}
-
-extern "C" const double *cuda_stage2_layer_losses(const cuda_model_train *t) { return t->layer_losses; }

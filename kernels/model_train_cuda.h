@@ -103,22 +103,39 @@ int cuda_model_train_logit_rows(const cuda_model_train *t);
  * context and anything else on the GPU). */
 size_t cuda_model_train_peak_bytes(const cuda_model_train *t);
 
-/* ---- MOHAWK stage 2 (DESIGN §2.5) with the same machinery ----------------
- * The teacher runs as blocks (kernels/block_train_cuda.h, forward only) up
- * to the last listed layer, keeping its residuals on the device; each
- * listed layer l of the student then runs on the teacher's residual
- * entering l, L_l = mean over tokens of ‖block_l − h_{l+1}‖₂ (the target of
- * the last layer is the residual before the final norm), and its backward
- * follows at once (one set of activations).  optim holds the trained
- * parameters of the listed layers (ra_stage2_register); begin, zero_grad,
- * optim_step, download, upload and grad as above. */
+/* ---- MOHAWK stages 1 and 2 (DESIGN §2.5) with the same machinery --------
+ * (kernels/stage_train_cuda.cu).  The teacher runs as blocks (kernels/
+ * block_train_cuda.h, forward only) up to the last listed layer; layers
+ * are listed in ascending order.  optim holds the trained parameters of
+ * the listed layers (ra_stage2_register, ra_stage1_register: whole tensors
+ * or row slices of them); begin, zero_grad, optim_step, download, upload
+ * and grad as above.
+ *
+ * Stage 2: each listed layer l of the student runs on the teacher's
+ * residual entering l, L_l = mean over tokens of ‖block_l − h_{l+1}‖₂ (the
+ * target of the last layer is the residual before the final norm), and its
+ * backward follows at once (one set of activations). */
 int cuda_stage2_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
                              const int *layers, int n_layers, int B, int T, ra_error *err);
 /* *loss = Σ_l L_l; with want_grads, dloss·∂L/∂θ accumulated. */
 int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens, const int32_t *doc_start,
                            int B, int T, float dloss, double *loss, ra_error *err);
-/* L_l of the last step, in the order of the listed layers. */
-const double *cuda_stage2_layer_losses(const cuda_model_train *t);
+
+/* Stage 1 (lib/stage1.h's objective): for each listed layer l (every one
+ * has SSM heads), A = the teacher's attention probabilities of the query
+ * head paired with each SSM head (ra_stage1_pairing), from the q/k its
+ * block forward computed; Ts = the mixing matrices of the student's
+ * DiscreteMamba2 heads on RMSNorm(teacher residual entering l) with the
+ * student's input norm; L_l = mean over rows and SSM heads of ‖Ts − A‖_F,
+ * its gradient through the mixer only (kernels/dm2_cuda.h's matrix path).
+ * The fp32 matrices, 2 · Hs · T² per row, are made for as many rows at a
+ * time as max_bytes holds (≤ 0: RA_STAGE1_DEFAULT_MAX_BYTES); EX_USAGE when
+ * not even one row fits, with lib/stage1.c's message. */
+int cuda_stage1_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
+                             const int *layers, int n_layers, int B, int T, int64_t max_bytes, ra_error *err);
+/* *loss = Σ_l L_l; with want_grads, dloss·∂L/∂θ accumulated. */
+int cuda_stage1_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens, const int32_t *doc_start,
+                           int B, int T, float dloss, double *loss, ra_error *err);
 
 #ifdef __cplusplus
 }

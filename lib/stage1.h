@@ -115,4 +115,23 @@ int ra_stage1_loss(ra_stage1 *s, const int32_t *tokens, const int32_t *doc_start
 int ra_stage1_teacher_matrices(ra_stage1 *s, int layer, const float *x, const int32_t *doc_start, int T, float *A,
                                ra_error *err);
 
+/* The same stage on the GPU (kernels/model_train_cuda.h's stage-1 mode):
+ * fills st->ctx, st->micro_step, st->eval and st->device for the driver;
+ * optim holds the slices ra_stage1_register registered (a CPU stage made
+ * for T_max 1 serves for that).  layers: the chosen layers with SSM heads,
+ * ascending (ra_stage1_layer).  The device holds 2 · Hs · T² fp32 matrices
+ * per batch row for as many rows at a time as max_bytes allows (≤ 0:
+ * RA_STAGE1_DEFAULT_MAX_BYTES; EX_USAGE when one row does not fit).
+ * EX_UNAVAILABLE without CUDA or a GPU or for an unsupported shape,
+ * EX_OSERR when the GPU lacks memory.  Implemented in
+ * lib/model_train_device.c. */
+struct ra_train_stage;
+typedef struct ra_stage1_device ra_stage1_device;
+int ra_stage1_device_create(ra_stage1_device **out, struct ra_train_stage *st, const ra_model *teacher,
+                            ra_model *student, const int *layers, int n_layers, ra_optim *optim, int B, int T,
+                            int64_t max_bytes, ra_error *err);
+void ra_stage1_device_free(ra_stage1_device *d);
+/* Device memory high-water mark in bytes (as ra_stage3_device_peak_bytes). */
+size_t ra_stage1_device_peak_bytes(const ra_stage1_device *d);
+
 #endif

@@ -86,9 +86,11 @@ void ra_train_opts_check(const ra_train_opts *o) {
     if (o->lr <= 0) ra_usage_error("--lr: must be positive");
 }
 
-int ra_train_device_check(const ra_train_opts *o, ra_error *err) {
+/* --device cuda for a stage without device callbacks (every tool's stage
+ * has them; a guard for new ones). */
+static int device_check(const ra_train_opts *o, ra_error *err) {
     if (o->device == RA_DEVICE_CUDA)
-        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: this stage has no CUDA training step yet; use --device cpu");
+        return ra_fail(err, EX_UNAVAILABLE, "--device cuda: this stage has no CUDA training step; use --device cpu");
     return 0;
 }
 
@@ -343,7 +345,7 @@ static int setup(run_state *s, ra_error *err) {
     ra_train_stage *st = s->st;
     if (!st->micro_step || !st->optim) return ra_fail(err, EX_SOFTWARE, "training stage without micro_step or optimiser");
     if (o->eval_every && !st->eval) return ra_fail(err, EX_USAGE, "--eval-every: this stage has no evaluation");
-    if (!st->device && ra_train_device_check(o, err)) return err->code;
+    if (!st->device && device_check(o, err)) return err->code;
     int64_t n_held = o->eval_every && !o->heldout ? (int64_t)o->eval_batches * o->batch : 0;
     if (ra_train_data_open(o->data, o->seq_len, st->vocab_size, o->seed, n_held, &s->data, err)) return err->code;
     snprintf(s->res->data_id, sizeof s->res->data_id, "%s", ra_train_data_id(s->data));

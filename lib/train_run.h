@@ -12,7 +12,6 @@
  *       ... the tool's own flags (-m, -s, --layers ...) ...
  *   }
  *   ra_train_opts_check(&o);                              // exit 64 on bad combos
- *   if (ra_train_device_check(&o, &err)) ra_die_error(&err);   // cuda: EX_UNAVAILABLE for now
  *   ... load models, make the stage context, register parameters ...
  *   ra_train_stage st = {.name = "stage2", .ctx = ctx, .optim = optim,
  *                        .run = run_json, .micro_step = my_micro_step,
@@ -156,11 +155,6 @@ int ra_train_parse_flag(ra_train_opts *o, int argc, char **argv, int *i);
 /* After parsing: -d given, not both --steps and --tokens, --resume needs
  * --ckpt-dir, warmup + decay ≤ 1 ...  Exits 64 with a message. */
 void ra_train_opts_check(const ra_train_opts *o);
-
-/* For a stage without a device implementation: 0 for cpu, EX_UNAVAILABLE
- * for cuda ("this stage has no CUDA training step yet").  Stages that have
- * one (ra_train_stage.device) check through their own constructor. */
-int ra_train_device_check(const ra_train_opts *o, ra_error *err);
 
 /* A stage whose parameters, gradients and optimiser state live on a device
  * (e.g. kernels/model_train_cuda.h) gives the driver these; the host

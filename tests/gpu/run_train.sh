@@ -6,8 +6,10 @@
 #   3. the tool on a small model: --device cuda runs; RA_TEST_NAN_AT_STEP
 #      stops the run keeping the last checkpoint (exit 70); --resume from it
 #      ends with the same bytes as an uninterrupted run; a batch that cannot
-#      fit exits 71 naming the buffer;
-#   4. throughput of ra-mohawk3 --loss ce on teacher-sized random models
+#      fit exits 71 naming the buffer; ra-mohawk1 on cpu and cuda (step-1
+#      loss compared, the loss falls) and its matrix bound (exit 64);
+#   4. throughput of ra-mohawk3 --loss ce on teacher-sized random models, kd,
+#      stage 2 and stage 1 on students of them
 #      (tokens/s from the --log, steps 11..N, i.e. after warm-up; peak memory).
 # Logs under $OUT (default /tmp/ra-gpu); a summary table is printed last.
 #
@@ -24,7 +26,7 @@ say() { summary+=("$1"); echo "$1"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1
 t0=$(date +%s)
-make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-mohawk2 bin/ra-graft bin/ra-rank $H/mk-hf $H/mk-scores $H/ra-testdata \
+make "${MAKEVARS[@]}" -j16 lib/libra.a bin/ra-mohawk3 bin/ra-mohawk2 bin/ra-mohawk1 bin/ra-graft bin/ra-rank $H/mk-hf $H/mk-scores $H/ra-testdata \
     $H/test_gpu_train \
     >"$OUT/build.log" 2>&1 || { grep -E 'error' "$OUT/build.log" | head -n 40; say "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1; }
 say "build: ok ($(( $(date +%s) - t0 )) s)"
@@ -61,6 +63,21 @@ ra-mohawk3 --loss ce -s "$W/small.ra" -d "$W/tok.ra" --device cuda --seq-len 819
     -o "$W/oom.ra" 2>"$OUT/tool-oom.log"
 rc=$?
 say "batch 4096 x 8192: exit $rc (want 71): $(head -c 300 "$OUT/tool-oom.log")"
+
+# ---- stage 1 (ra-mohawk1) on a student grafted from the small teacher: the same run on both devices
+awk 'BEGIN { srand(5); for (i = 0; i < 8; i++) printf "%.4f %.4f\n", rand(), rand() }' |
+    $H/mk-scores -L 2 -H 4 -G 2 -d 32 -i "$($H/ra-testdata id "$W/small")" -o "$W/small-sc.ra"
+ra-rank -q --top 2 -o "$W/small-plan.ra" "$W/small-sc.ra"
+ra-graft -q -m "$W/small" -p "$W/small-plan.ra" --d-state 16 -o "$W/small-hy.ra"
+S1=(-m "$W/small" -s "$W/small-hy.ra" -d "$W/tok.ra" --seq-len 128 --batch 4 --lr 3e-3 --steps 12)
+for dev in cpu cuda; do
+    ra-mohawk1 "${S1[@]}" --device $dev --log "$W/s1-$dev.tsv" -o "$W/s1-$dev.ra" 2>"$OUT/tool-s1-$dev.log"
+    say "stage 1 --device $dev: exit $?, loss $(awk -F'\t' 'NR==2{a=$3} END{print a " -> " $3}' "$W/s1-$dev.tsv")"
+done
+say "stage 1 step-1 loss, cuda vs cpu: $(paste "$W/s1-cpu.tsv" "$W/s1-cuda.tsv" | awk -F'\t' -v n="$(head -n 1 "$W/s1-cpu.tsv" | awk -F'\t' '{print NF}')" \
+    'NR==2 { c=$3; g=$(n+3); printf "cpu %.6f cuda %.6f rel %.2e", c, g, (g>c?g-c:c-g)/c }')"
+ra-mohawk1 "${S1[@]}" --device cuda --seq-len 4096 --max-matrix-gb 0.01 -o "$W/s1-big.ra" 2>"$OUT/tool-s1-big.log"
+say "stage 1 --device cuda, T 4096 over --max-matrix-gb 0.01: exit $? (want 64): $(head -c 200 "$OUT/tool-s1-big.log")"
 
 # ---- throughput
 bench() { # name layers hidden heads kv hd inter vocab batch seq steps
@@ -123,6 +140,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
         --llama3-rope --tied --seed 7 "$W/l1b" >/dev/null
     kd_bench "$W/l1b" 10 routed 64 4 2048 8 RA_TRAIN_RECOMPUTE=1
     kd_bench "$W/l1b" 10 parallel 8 4 2048 8 RA_TRAIN_RECOMPUTE=1
+    # stage 1 on the routed student, every layer with SSM heads
+    timeout 300 ra-mohawk1 -m "$W/l1b" -s "$W/l1b-10-routed-64.ra" -d "$W/l1b-10-routed-64-tok.ra" --device cuda \
+        --batch 4 --seq-len 2048 --steps 6 --lr 1e-4 --log "$W/s1-l1b.tsv" -o "$W/s1-l1b.ra" 2>"$OUT/bench-s1-l1b.log"
+    rc=$?
+    cp "$W/s1-l1b.tsv" "$OUT/bench-s1-l1b.tsv" 2>/dev/null
+    say "stage 1 l1b routed 10 kept (B4 x T2048, 6 steps): exit $rc, $(awk -F'\t' \
+        'NR==3 {t0=$2; e0=$7} END {printf "%.0f tokens/s (steps 2..%d), loss %s -> %s", ($2-t0)/($7-e0), $1, first, $3} NR==2 {first=$3}' \
+        "$W/s1-l1b.tsv"), $(grep -o 'peak_device_bytes=[0-9]*' "$OUT/bench-s1-l1b.log")"
 fi
 echo "== summary"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"

@@ -27,7 +27,10 @@
  *     activations: loss and every gradient as above, with the bars of the
  *     hybrid forward (its SSD runs in bf16 too): 5e-3 loss, 8e-2 gradients;
  *   - stage 2 (per-layer L2 to the teacher's residuals) against
- *     lib/stage2.c, --train block and mixer, same bars.
+ *     lib/stage2.c, --train block and mixer, same bars;
+ *   - stage 1 (Frobenius distance of the SSM heads' mixing matrices to the
+ *     teacher's attention matrices) against lib/stage1.c, routed and
+ *     parallel, all rows in one pass and one row per pass, same bars.
  * The largest error per tensor class is printed at the end. */
 #include <math.h>
 #include <stdio.h>
@@ -40,6 +43,7 @@
 #include "ops_backward_cuda.h"
 #include "ops_cuda.h"
 #include "optim.h"
+#include "stage1.h"
 #include "stage2.h"
 #include "test.h"
 #include "gpu_test.h"
@@ -375,6 +379,71 @@ TEST(stage2_matches_cpu) {
     ra_model_free(s), ra_model_free(t);
 }
 
+/* Stage 1 (cuda_stage1_train_*) against lib/stage1.c on the layers with
+ * SSM heads: loss and every trained slice's gradient (hybrid bars), with
+ * the matrices of both rows made at once and, with max_bytes of one row,
+ * one row per pass. */
+TEST(stage1_matches_cpu) {
+    static const gx_case cases[] = {
+        {"routed static, llama3", 0, "010010001111111100000000", RA_LAYOUT_ROUTED, RA_ADAPTER_STATIC, 8, 32},
+        {"parallel linear, MQA o bias", 2, "100000001111", RA_LAYOUT_PARALLEL, RA_ADAPTER_LINEAR, 12, 32},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        ra_model *s = gx_model(&cases[k], 510 + k), *t = gx_teacher(cases[k].variant, 510 + k);
+        test_seed(41 + k);
+        int32_t *tok = gx_tokens(N, s->cfg.vocab_size);
+        ra_error err = {0, ""};
+        ra_stage1 *cs = NULL;
+        ra_optim *o = ra_optim_create(NULL);
+        double l_cpu = 0;
+        if (ra_stage1_create(t, s, NULL, T, 0, &cs, &err) || ra_stage1_register(cs, o, &err) ||
+            (ra_optim_zero_grad(o), ra_stage1_loss(cs, tok, doc_start, B, T, 1.0f, 1, &l_cpu, &err))) {
+            printf("# set-up: %s\n", err.msg);
+            EXPECT(0);
+            goto next;
+        }
+        int n = ra_stage1_n_layers(cs), layers[8], hs = 0;
+        for (int i = 0; i < n; i++) {
+            layers[i] = ra_stage1_layer(cs, i);
+            if (s->layers[layers[i]].n_ssm_heads > hs) hs = s->layers[layers[i]].n_ssm_heads;
+        }
+        for (int one_row = 0; one_row < 2; one_row++) {
+            int64_t max_bytes = one_row ? 2 * (int64_t)hs * T * T * 4 : 0;
+            printf("# stage 1, %s, %d layers, %s\n", cases[k].name, n, one_row ? "one row per pass" : "all rows at once");
+            cuda_model_train *ct = NULL;
+            double l_gpu = 0, l_eval = 0;
+            if (cuda_stage1_train_create(&ct, s, t, o, layers, n, B, T, max_bytes, &err) ||
+                cuda_model_train_begin(ct, &err)) {
+                printf("# set-up: %s\n", err.msg);
+                EXPECT(0);
+                cuda_model_train_free(ct);
+                continue;
+            }
+            cuda_model_train_zero_grad(ct);
+            EXPECT(cuda_stage1_train_step(ct, 1, tok, doc_start, B, T, 1.0f, &l_gpu, &err) == 0);
+            double le = fabs(l_gpu - l_cpu) / fabs(l_cpu);
+            printf("#   %-64s cpu %.6f gpu %.6f rel %.2e\n", "loss (sum over layers)", l_cpu, l_gpu, le);
+            note(N_TEACHER_CLASSES - 1 + N_TEACHER_CLASSES, le);
+            EXPECT_MSG(le <= TOL_LOSS_HYBRID, "stage 1 loss: relative error %.3e", le);
+            for (int i = 0; i < o->n; i++) {
+                float *gg = xmalloc((size_t)o->params[i].numel * sizeof(float));
+                EXPECT(cuda_model_train_grad(ct, o->params[i].name, gg, &err) == 0);
+                note(class_of(o->params[i].name) + N_TEACHER_CLASSES,
+                     gx_check(o->params[i].name, gg, o->params[i].g, (size_t)o->params[i].numel, TOL_GRAD_HYBRID));
+                free(gg);
+            }
+            EXPECT(cuda_stage1_train_step(ct, 0, tok, doc_start, B, T, 1.0f, &l_eval, &err) == 0);
+            EXPECT_MSG(l_eval == l_gpu, "stage 1 eval loss %.9g != training loss %.9g", l_eval, l_gpu);
+            cuda_model_train_free(ct);
+        }
+    next:
+        ra_optim_free(o);
+        ra_stage1_free(cs);
+        free(tok);
+        ra_model_free(s), ra_model_free(t);
+    }
+}
+
 int main(void) {
     if (gpu_test_start()) return 1;
     make_doc_start();
@@ -384,6 +453,7 @@ int main(void) {
     RUN(nan_hook_changes_nothing);
     RUN(hybrid_students_match_cpu);
     RUN(stage2_matches_cpu);
+    RUN(stage1_matches_cpu);
     printf("# largest relative L2 error per class (bars: loss %.0e, gradients %.0e; hybrids %.0e, %.0e):\n", TOL_LOSS,
            TOL_GRAD, TOL_LOSS_HYBRID, TOL_GRAD_HYBRID);
     for (int c = 0; c < N_CLASSES; c++) printf("#   %-16s %.2e\n", classes[c], class_max[c]);
