@@ -10,14 +10,8 @@
 #include "dm2_cuda.h"
 #include "ops_cuda.h"
 #include "ssd_cuda.h"
+#include "train_common.cuh"
 
-static cublasHandle_t mixer_blas;
-
-static cublasHandle_t blas(void) {
-    if (!mixer_blas) CUBLAS_CHECK(cublasCreate(&mixer_blas));
-    CUBLAS_CHECK(cublasSetStream(mixer_blas, ra_cuda_stream));
-    return mixer_blas;
-}
 
 /* Row-major C[M,N] = op(A)[M,K] · op(B)[K,N] + beta·C, A and B bf16 with
  * leading dimensions lda, ldb (of their stored rows), C bf16 or fp32.  In
@@ -25,7 +19,7 @@ static cublasHandle_t blas(void) {
 static void gemm_rm(bool ta, bool tb, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *Bp, int ldb,
                     float beta, void *C, bool c_f32, int ldc) {
     const float one = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, Bp,
+    CUBLAS_CHECK(cublasGemmEx(train_blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, Bp,
                               CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }

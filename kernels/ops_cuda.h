@@ -109,9 +109,8 @@ void cuda_rope_forward_strided(uint16_t *x, int64_t row_stride, const float *cos
 
 /* Causal GQA attention, q[B,T,H,hd], k,v[B,T,Hkv,hd] -> out[B,T,H,hd];
  * doc_start (optional, device [B,T]) as in lib/ops.h; probs (optional,
- * fp32 device [B,H,T,T]).  Without probs a flash-style kernel (bf16 tensor
- * cores, online softmax in fp32) runs; with probs a kernel that
- * materialises each row. */
+ * fp32 device [B,H,T,T]).  The output by a flash-style kernel (bf16 tensor
+ * cores, online softmax in fp32); probs by a GEMM and a row softmax. */
 void cuda_attention_forward(uint16_t *out, float *probs, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                             const int32_t *doc_start, int B, int T, int H, int Hkv, int hd);
 
@@ -133,7 +132,8 @@ typedef struct cuda_attention_args {
 /* With out != NULL: the whole attention output (flash kernel when the head
  * dim and alignment allow, else the row kernel; RA_CUDA_ATTENTION=simple in
  * the environment forces the row kernel).  With probs != NULL: also the
- * probabilities of the chosen heads (row kernel, those heads only). */
+ * probabilities of the chosen heads (a batched cuBLAS GEMM for the scores,
+ * then a masked softmax per row in place). */
 void cuda_attention_forward_ex(const cuda_attention_args *a);
 
 /* Zero the outputs of ablated heads (device head_keep [B*H]). */

@@ -17,17 +17,14 @@
 #include <string.h>
 
 #include "probe_cuda_internal.cuh"
+#include "train_common.cuh"
 
 /* ---- GEMM for input gradients ------------------------------------------------ */
 
-static cublasHandle_t attr_blas;
-
 /* C[M, in] (fp32) = beta·C + dy[M, out] · W[out, in]   (bf16 inputs, row-major) */
 static void gemm_dx(float *C, const uint16_t *dy, const uint16_t *W, int M, int out, int in, float beta) {
-    if (!attr_blas) CUBLAS_CHECK(cublasCreate(&attr_blas));
-    CUBLAS_CHECK(cublasSetStream(attr_blas, ra_cuda_stream));
     float alpha = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx(attr_blas, CUBLAS_OP_N, CUBLAS_OP_N, in, M, out, &alpha, W, CUDA_R_16BF, in, dy,
+    CUBLAS_CHECK(cublasGemmEx(train_blas(), CUBLAS_OP_N, CUBLAS_OP_N, in, M, out, &alpha, W, CUDA_R_16BF, in, dy,
                               CUDA_R_16BF, out, &beta, C, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
@@ -173,10 +170,8 @@ __global__ void attn_dsoftmax_kernel(bf16 *dSb, const float *P, const float *dP,
 static void gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *const *A, int lda,
                          const void *const *B, int ldb, float beta, void *const *C, cudaDataType ct, int ldc,
                          int count) {
-    if (!attr_blas) CUBLAS_CHECK(cublasCreate(&attr_blas));
-    CUBLAS_CHECK(cublasSetStream(attr_blas, ra_cuda_stream));
     float alpha = 1.0f;
-    CUBLAS_CHECK(cublasGemmBatchedEx(attr_blas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+    CUBLAS_CHECK(cublasGemmBatchedEx(train_blas(), ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
                                      &beta, C, ct, ldc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 

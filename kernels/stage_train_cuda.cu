@@ -213,8 +213,9 @@ static double stage1_layer(cuda_model_train *t, int i, const uint16_t *x, const 
         train_prof_mark("matrix loss (sync)");
         if (!want_grads) continue;
         cuda_loss_matrix_backward(t->s1_Tm, t->s1_Tm, t->s1_A, bh, T, (float)(dloss * share));
+        train_prof_mark("matrix loss gradient");
         cuda_dm2_matrix_backward(&t->lg[l].ssm, NULL, t->s1_Tm, &v, &Y->ssm, u, starts);
-        train_prof_mark("matrix loss and mixer backward");
+        train_prof_mark("mixer backward (matrix path)");
     }
     return loss;
 }

@@ -19,11 +19,13 @@ enum {
     TS_ATT_DKV,    /* attention: dK, dV fp32 */
     TS_ADAPTER,    /* adapter: dã fp32, linear output */
     TS_ROWS,       /* losses: per-row values */
+    TS_PTRS,       /* batched GEMM operand pointers (attention probabilities) */
     TS_N
 };
 void *train_scratch(int slot, size_t bytes);
 
-/* The training cuBLAS handle, bound to the ops stream. */
+/* The library's cuBLAS handle (training, the DM2 mixer, attention
+ * probabilities, probe attribution), bound to the ops stream. */
 cublasHandle_t train_blas(void);
 
 __device__ __forceinline__ float ld_f(const bf16 *p) { return __bfloat162float(*p); }
