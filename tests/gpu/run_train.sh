@@ -7,7 +7,8 @@
 #      stops the run keeping the last checkpoint (exit 70); --resume from it
 #      ends with the same bytes as an uninterrupted run; a batch that cannot
 #      fit exits 71 naming the buffer; ra-mohawk1 on cpu and cuda (step-1
-#      loss compared, the loss falls) and its matrix bound (exit 64);
+#      loss compared, the loss falls), its NaN stop and exact resume on
+#      cuda, and its matrix bound (exit 64);
 #   4. throughput of ra-mohawk3 --loss ce on teacher-sized random models, kd,
 #      stage 2 and stage 1 on students of them
 #      (tokens/s from the --log, steps 11..N, i.e. after warm-up; peak memory).
@@ -76,6 +77,14 @@ for dev in cpu cuda; do
 done
 say "stage 1 step-1 loss, cuda vs cpu: $(paste "$W/s1-cpu.tsv" "$W/s1-cuda.tsv" | awk -F'\t' -v n="$(head -n 1 "$W/s1-cpu.tsv" | awk -F'\t' '{print NF}')" \
     'NR==2 { c=$3; g=$(n+3); printf "cpu %.6f cuda %.6f rel %.2e", c, g, (g>c?g-c:c-g)/c }')"
+S1C=(-m "$W/small" -s "$W/small-hy.ra" -d "$W/tok.ra" --seq-len 128 --batch 4 --lr 3e-3 --steps 6 --device cuda --ckpt-every 2)
+ra-mohawk1 "${S1C[@]}" --ckpt-dir "$W/s1ck_full" -q -o "$W/s1-full.ra"
+RA_TEST_NAN_AT_STEP=5 ra-mohawk1 "${S1C[@]}" --ckpt-dir "$W/s1ck" -q -o "$W/s1-part.ra" 2>"$OUT/tool-s1-nan.log"
+rc=$?
+ra-mohawk1 "${S1C[@]}" --ckpt-dir "$W/s1ck" --resume -q -o "$W/s1-resumed.ra"
+rc2=$?
+if cmp -s "$W/s1-full.ra" "$W/s1-resumed.ra"; then same="identical bytes"; else same="DIFFERENT"; fi
+say "stage 1 cuda: NaN hook at step 5 exit $rc (want 70), resume exit $rc2, output vs uninterrupted run: $same"
 ra-mohawk1 "${S1[@]}" --device cuda --seq-len 4096 --max-matrix-gb 0.01 -o "$W/s1-big.ra" 2>"$OUT/tool-s1-big.log"
 say "stage 1 --device cuda, T 4096 over --max-matrix-gb 0.01: exit $? (want 64): $(head -c 200 "$OUT/tool-s1-big.log")"
 
