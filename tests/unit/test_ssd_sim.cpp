@@ -379,6 +379,7 @@ int main(int argc, char **argv) {
     check<64, 16>({1, 300, 2, 2, 64, 8, 16, 1, 1});    /* 19 chunks: state passing in several batches */
     check_matrix(1, 70, 4, 2, 40, 1);
     check_matrix(2, 33, 2, 2, 8, 0);
+    check_matrix(2, 100, 3, 1, 64, 1); /* warps of the scans across blocks, N = 64 */
     check_conv<1>(2, 50, 70, 100, 1);
     check_conv<1>(1, 130, 33, 33, 0);
     check_conv<1>(3, 200, 40, 40, 1); /* 10 row blocks of partial sums */
