@@ -122,7 +122,9 @@ static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_forward_kernel(const
     const int g = h / (p.H / p.G), tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
     const int l0 = lt * SSDM_TILE, s0 = st * SSDM_TILE, N = p.N;
     float *out = p.Tm + (int64_t)bh * p.T * p.T;
-    if (st > lt) { /* above the diagonal */
+    /* above the diagonal, or before the document of the tile's first row
+     * (first[] grows with l): all zero */
+    if (st > lt || s0 + SSDM_TILE - 1 < p.first[(int64_t)b * p.T + l0]) {
         for (int k = 0; k < 4; k++) {
             int l = l0 + ty + 8 * k, s = s0 + tx;
             if (l < p.T && s < p.T) out[(int64_t)l * p.T + s] = 0.0f;
@@ -215,7 +217,9 @@ static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_rows_kernel(const ss
     for (int k = 0; k < 4; k++)
 #pragma unroll
         for (int j = 0; j < SSDM_NJ; j++) acc[k][j] = 0.0f;
-    for (int st = 0; st <= lt; st++) {
+    /* s-tiles before the document of row l0 are masked for every row of the tile */
+    const int f0 = p.first[(int64_t)b * p.T + l0];
+    for (int st = f0 > 0 ? f0 / SSDM_TILE : 0; st <= lt; st++) {
         const int s0 = st * SSDM_TILE;
         __syncthreads(); /* sB, sG, cumS of the previous tile are consumed */
         ssdm_load(sB, p.Bm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, s0, p.T, N);
@@ -267,6 +271,9 @@ static __global__ void __launch_bounds__(SSDM_THREADS) ssdm_cols_kernel(const ss
     const int s = s0 + tx;
     for (int lt = st; lt < nt; lt++) {
         const int l0 = lt * SSDM_TILE;
+        /* rows whose document starts after this tile's columns (first[] grows
+         * with l): masked, and so are all later tiles */
+        if (p.first[(int64_t)b * p.T + l0] > s0 + SSDM_TILE - 1) break;
         __syncthreads(); /* sC, sG, the row caches of the previous tile are consumed */
         ssdm_load(sC, p.Cm + (int64_t)b * p.T * ld + (int64_t)g * N, ld, l0, p.T, N);
         ssdm_load_decay(cumL, firstL, p, b, h, l0);
