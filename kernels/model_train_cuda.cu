@@ -424,26 +424,11 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     if (rc) return rc;
     if (!t->opt) return ra_fail(err, EX_SOFTWARE, "cuda_model_train_step before cuda_model_train_begin");
     int n = t->n, D = t->D, V = t->V, L = t->L;
-    int total = n;
-    if (kind == RA_LOSS_KD) {
-        if (!t->teacher) return ra_fail(err, EX_USAGE, "model_train: --loss kd needs a teacher");
-        if (!(temperature > 0)) return ra_fail(err, EX_USAGE, "model_train: temperature %g, expected > 0", temperature);
-        labels = NULL;
-    } else {
-        if (!labels) {
-            ra_next_token_labels(t->h_labels, tokens, doc_start, B, T);
-            labels = t->h_labels;
-        }
-        total = 0;
-        for (int i = 0; i < n; i++) {
-            if (labels[i] == RA_LABEL_IGNORE) continue;
-            if (labels[i] < 0 || labels[i] >= V)
-                return ra_fail(err, EX_DATAERR, "row %d position %d: label %d, expected 0..%d or %d", i / T, i % T,
-                               labels[i], V - 1, RA_LABEL_IGNORE);
-            total++;
-        }
-        if (counted) *counted = total;
-    }
+    int total; /* positions the loss averages over */
+    if ((rc = ra_stage3_batch_labels(kind, t->teacher != NULL, temperature, tokens, doc_start, labels, B, T, V,
+                                     t->h_labels, &labels, &total, err)))
+        return rc;
+    if (kind == RA_LOSS_CE && counted) *counted = total;
     train_prof_mark("host: between steps (logging, checks)");
     mt_upload_inputs(t, tokens, doc_start, labels);
     train_prof_mark("host: inputs, upload");

@@ -188,6 +188,32 @@ void ra_next_token_labels(int32_t *labels, const int32_t *tokens, const int32_t 
         }
 }
 
+int ra_stage3_batch_labels(ra_stage3_loss kind, int has_teacher, float temperature, const int32_t *tokens,
+                           const int32_t *doc_start, const int32_t *labels, int B, int T, int V, int32_t *scratch,
+                           const int32_t **labels_out, int *total, ra_error *err) {
+    *labels_out = NULL;
+    *total = B * T;
+    if (kind == RA_LOSS_KD) {
+        if (!has_teacher) return ra_fail(err, EX_USAGE, "model_train: --loss kd needs a teacher");
+        if (!(temperature > 0)) return ra_fail(err, EX_USAGE, "model_train: temperature %g, expected > 0", temperature);
+        return 0;
+    }
+    if (!labels) {
+        ra_next_token_labels(scratch, tokens, doc_start, B, T);
+        labels = scratch;
+    }
+    int n = B * T, counted = 0;
+    for (int i = 0; i < n; i++) {
+        if (labels[i] == RA_LABEL_IGNORE) continue;
+        if (labels[i] < 0 || labels[i] >= V)
+            return ra_fail(err, EX_DATAERR, "row %d position %d: label %d, expected 0..%d or %d", i / T, i % T,
+                           labels[i], V - 1, RA_LABEL_IGNORE);
+        counted++;
+    }
+    *labels_out = labels, *total = counted;
+    return 0;
+}
+
 int ra_stage3_check_pair(const ra_model *teacher, const ra_model *student, ra_error *err) {
     const hf_config *t = &teacher->cfg, *s = &student->cfg;
     if (t->vocab_size != s->vocab_size)
@@ -259,25 +285,14 @@ int ra_model_train_step(ra_model_train *mt, const ra_model_grads *g, ra_stage3_l
     if (rc) return rc;
     const ra_model *m = mt->m;
     int n = mt->n, D = m->cfg.hidden_size, V = m->cfg.vocab_size, L = m->cfg.num_layers;
-    int total = n; /* positions the loss averages over */
+    int total; /* positions the loss averages over */
+    if ((rc = ra_stage3_batch_labels(kind, mt->teacher != NULL, temperature, tokens, doc_start, labels, B, T, V,
+                                     mt->labels, &labels, &total, err)))
+        return rc;
     if (kind == RA_LOSS_KD) {
-        if (!mt->teacher) return ra_fail(err, EX_USAGE, "model_train: --loss kd needs a teacher");
-        if (!(temperature > 0)) return ra_fail(err, EX_USAGE, "model_train: temperature %g, expected > 0", temperature);
         if ((rc = teacher_forward(mt, tokens, doc_start, err))) return rc;
-    } else {
-        if (!labels) {
-            ra_next_token_labels(mt->labels, tokens, doc_start, B, T);
-            labels = mt->labels;
-        }
-        total = 0;
-        for (int i = 0; i < n; i++) {
-            if (labels[i] == RA_LABEL_IGNORE) continue;
-            if (labels[i] < 0 || labels[i] >= V)
-                return ra_fail(err, EX_DATAERR, "row %d position %d: label %d, expected 0..%d or %d", i / T, i % T,
-                               labels[i], V - 1, RA_LABEL_IGNORE);
-            total++;
-        }
-        if (counted) *counted = total;
+    } else if (counted) {
+        *counted = total;
     }
     trunk_forward(mt, tokens, doc_start);
 

@@ -106,6 +106,16 @@ int ra_model_train_logit_rows(const ra_model_train *mt);
 /* labels [B·T] for ce from tokens and doc_start (NULL = one document per row). */
 void ra_next_token_labels(int32_t *labels, const int32_t *tokens, const int32_t *doc_start, int B, int T);
 
+/* The loss-specific checks of a micro-batch, shared by the CPU and CUDA
+ * steps: kd needs a teacher (has_teacher) and temperature > 0 (EX_USAGE);
+ * ce uses labels, or (NULL) ra_next_token_labels made into scratch [B·T],
+ * and refuses a label outside 0..V−1 that is not RA_LABEL_IGNORE
+ * (EX_DATAERR).  *labels_out: the labels to use (NULL for kd); *total: the
+ * positions the loss averages over (B·T for kd, the counted labels for ce). */
+int ra_stage3_batch_labels(ra_stage3_loss kind, int has_teacher, float temperature, const int32_t *tokens,
+                           const int32_t *doc_start, const int32_t *labels, int B, int T, int V, int32_t *scratch,
+                           const int32_t **labels_out, int *total, ra_error *err);
+
 /* One batch (B, T as created): forward and loss (*loss), then, with g
  * non-NULL, the backward of dloss · loss into g.
  *   kd: temperature T_kd > 0 (the student's logits are divided by it);
