@@ -338,6 +338,10 @@ extern "C" int cuda_model_train_optim_step(cuda_model_train *t, double lr, int p
     int rc = cuda_optim_step(t->opt, lr, err);
     if (!rc) refresh_mirrors(t);
     train_prof_mark("optimiser (norm, AdamW, bf16 copies)");
+    /* an optimiser step ends a profiled step (its micro-batches and
+     * evaluations included) */
+    train_prof_collect();
+    train_prof_step();
     t->host->step = t->opt->step;
     t->host->last_grad_norm = t->opt->last_grad_norm;
     return rc;
@@ -493,8 +497,6 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
     /* one synchronisation: the per-row losses */
     cuda_download(t->h_rows, t->row_loss, (size_t)n * sizeof(float));
     train_prof_mark("loss download");
-    train_prof_collect();
-    train_prof_step();
     double sum = 0;
     for (int i = 0; i < n; i++) sum += t->h_rows[i];
     *loss = total ? sum / total : 0;

@@ -123,8 +123,6 @@ extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const
     }
     *loss = total;
     train_prof_mark("stage 2 losses (sync)");
-    train_prof_collect();
-    train_prof_step();
     mt_sample_peak(t);
     return 0;
 }
@@ -237,8 +235,6 @@ extern "C" int cuda_stage1_train_step(cuda_model_train *t, int want_grads, const
         i++;
     }
     *loss = total;
-    train_prof_collect();
-    train_prof_step();
     mt_sample_peak(t);
     return 0;
 }
