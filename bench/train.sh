@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training-step benchmark on a GPU machine (DESIGN §2.5, §8; issue 7): ra's
-# MOHAWK stage 3 (ra-mohawk3 --loss kd) and stage 2 of every layer
-# (ra-mohawk2) next to the plain PyTorch step of bench/torch_ref/train.py, in
+# MOHAWK stage 3 (ra-mohawk3 --loss kd), stage 2 of every layer (ra-mohawk2)
+# and stage 1 of every layer with SSM heads (ra-mohawk1) next to the plain
+# PyTorch step of bench/torch_ref/train.py, in
 # one run, on the Llama-3.2-1B shape (random weights) with a routed student of
 # 10 kept heads and N = 64, B = 4, L = 2048: tokens/s, MFU against
 # 790 TFLOP/s, peak memory.  Writes bench/results/train.md (and the logs, the
@@ -30,7 +31,7 @@
 # ra-graft makes the routed student, and one packed tokens stream of seeded
 # random ids feeds both sides (PyTorch reads it back through ra-tok --to-ids).
 # ra's tokens/s is the steady rate of its --log TSV after WARMUP steps; its
-# peak memory the `peak_device_bytes=N` line ra-mohawk2/3 print on stderr at
+# peak memory the `peak_device_bytes=N` line ra-mohawk1/2/3 print on stderr at
 # the end of a CUDA run.  A tool that exits 69 (training on CUDA not built
 # yet) gets a "not available" row; the script always writes the table.
 set -uo pipefail
@@ -51,7 +52,7 @@ mkdir -p "$OUT" "$W/teacher" bench/results
 export PYTHONUNBUFFERED=1
 PY=bench/torch_ref/train.py
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
-for t in "$RA_BIN"/ra-{graft,rank,tok,show,mohawk2,mohawk3} "$MK_SCORES"; do
+for t in "$RA_BIN"/ra-{graft,rank,tok,show,mohawk1,mohawk2,mohawk3} "$MK_SCORES"; do
     [ -x "$t" ] || { echo "bench: $t missing: build first (make)"; exit 1; }
 done
 smoke=(); [ "$SMOKE" = 1 ] && smoke=(--smoke)
@@ -119,7 +120,7 @@ run() { # name command...
     rm -f "$OUT/$name.tsv"
     timeout "$TMO" "$@" >"$OUT/$name.log" 2>&1; rc=$?
     echo "$rc" >"$OUT/$name.rc"
-    tr '\r' '\n' <"$OUT/$name.log" | grep -E 'RESULT|peak|stage [23]:|rror|exit|step [0-9]+/|cuda' | tail -n 6
+    tr '\r' '\n' <"$OUT/$name.log" | grep -E 'RESULT|peak|stage [123]:|rror|exit|step [0-9]+/|cuda' | tail -n 6
     echo "   (exit $rc, $(( $(date +%s) - t )) s)"
 }
 if [ "$TORCH_SMOKE" = 1 ] && [ "$SMOKE" != 1 ]; then
@@ -136,6 +137,8 @@ fi
 case_run s2 "2 (all layers)" \
     "$RA_BIN/ra-mohawk2 ${ra_common[*]} -s $W/student.ra --layers 0-$((LAYERS - 1)) --log $OUT/ra-s2.tsv -o $W/out.ra" \
     "--stage 2"
+case_run s1 "1 (all layers)" "$RA_BIN/ra-mohawk1 ${ra_common[*]} -s $W/student.ra --log $OUT/ra-s1.tsv -o $W/out.ra" \
+    "--stage 1"
 if [ "$DENSE" = 1 ]; then
     case_run d3 "3 (kd), teacher-shaped student" \
         "$RA_BIN/ra-mohawk3 ${ra_common[*]} -s $W/dense.ra --loss kd --log $OUT/ra-d3.tsv -o $W/out.ra" "--stage 3 --dense"
@@ -209,7 +212,7 @@ def mfu(flops, tps):
     return f"{flops / (B * L) * tps / 1e12 / PEAK * 100:.1f}%" if tps else "–"
 
 R = {c[0]: (ours(c[0]), torch_res(c[5])) for c in cases}
-print(f"# Training step: ra (ra-mohawk3, ra-mohawk2) vs plain PyTorch{' (smoke shape)' if smoke == '1' else ''}\n")
+print(f"# Training step: ra (ra-mohawk3, ra-mohawk2, ra-mohawk1) vs plain PyTorch{' (smoke shape)' if smoke == '1' else ''}\n")
 tv = next((r[1]["d"] for r in R.values() if "d" in r[1]), None)
 print(f"GPU: {gpu or 'unknown'}; {P['date']}"
       + (f"; torch {tv['torch']}, transformers {tv['transformers']}" if tv else "") + ".  "
@@ -219,8 +222,12 @@ print(f"GPU: {gpu or 'unknown'}; {P['date']}"
       f"DiscreteMamba2 with N = {N}, static adapter; B = {B}, L = {L} ({B * L} tokens per step), "
       f"{steps} timed steps after {warmup} warm-up steps.  Stage 3: soft-target CE against the teacher's "
       "logits (T = 1), every student parameter trains.  Stage 2: all layers at once, each block on the "
-      "teacher's residual, every block parameter trains.  AdamW (0.9/0.95, wd 0.1) with fp32 master weights, "
-      "bf16 compute, on both sides."
+      "teacher's residual, every block parameter trains."
+      + ("  Stage 1: every layer with SSM heads, each SSM head's fp32 mixing matrix against the teacher's "
+         "attention matrix of the head whose slot it takes (Frobenius); ra trains the B, C, A_log rows of "
+         "in_proj, the B/C conv channels and D, PyTorch the whole in_proj, conv and D tensors (the other rows "
+         "get zero gradients)." if any(c[0] == "s1" for c in cases) else "")
+      + "  AdamW (0.9/0.95, wd 0.1) with fp32 master weights, bf16 compute, on both sides."
       + ("  The teacher-shaped rows train a second random Llama of the same shape (every head attention, GQA) "
          "as the student: the same step without SSM heads." if any(c[0] == "d3" for c in cases) else "")
       + (f"  RA_TRAIN_RECOMPUTE=1: selective recomputation (each layer keeps its input, its attention and "
@@ -275,7 +282,9 @@ print("\nFLOPs per step (bench/torch_ref/train.py count_flops, the same for both
       + ", ".join(f"{label} {float(f):.4g}" for _, label, f, *r in cases if r[-1] == _) + ".  Matmuls 6·(student matmul "
       "parameters)·tokens + 2·(teacher matmul parameters)·tokens (LM heads in stage 3 only), causal attention "
       "2·L²·hd per head and row forward (student heads ×3 for forward + backward), SSD 2·128·(N + hd) + 4·hd·N "
-      "per token and SSM head forward (×3); embeddings, norms, conv and elementwise work not counted.")
+      "per token and SSM head forward (×3); stage 1: the teacher forward, causal QKᵀ of the paired heads, "
+      "in_proj's B/C/A_log rows ×6, C·Bᵀ forward and dC, dB backward (3·B·L²·N per SSM head); embeddings, "
+      "norms, conv, softmax and elementwise work not counted.")
 print("\nHow it is measured: ra's tokens/s is the rate between the warm-up's last step and the last step in "
       "the tool's --log TSV (tokens and elapsed_s columns; the model load and upload are outside it); its "
       "peak is the `peak_device_bytes` the tool prints at the end of a CUDA run (cudaMemGetInfo high-water "

@@ -30,6 +30,16 @@ eps 1e-8, weight decay 0.1, constant lr: the schedule costs nothing).
            loss_l = mean over tokens of |out - teacher residual leaving l|_2,
            backward per layer (the layers are independent), one AdamW step
            over the blocks (norms, mixer, MLP; --train block).
+  stage 1: the teacher runs its layers once (no LM head); for every layer l
+           with SSM heads, A = the teacher's causal softmax attention (fp32)
+           of the query heads whose slots the SSM heads take, from the q/k
+           of its input; Ts = the SSM heads' mixing matrices on the student's
+           RMSNorm of that input (in_proj -> conv -> B, C, a = -softplus(A_log);
+           Ts = (C B^T) * exp(cum_l - cum_s) on and below the diagonal, + D on
+           it; fp32, as ra); loss_l = mean over rows and SSM heads of
+           |Ts - A|_F, backward per layer, one AdamW step over the mixers'
+           in_proj, conv and D (whole tensors: the x and z rows get zero
+           gradients; ra trains only the B, C, A_log rows).
 
 Timing: --warmup steps, then --steps steps between torch.cuda.synchronize()
 calls; tokens/s = steps * B * L / seconds.  Peak memory:
@@ -49,6 +59,10 @@ FLOPs (the same function counts ra's step, bench/train.sh --print flops):
           + B*layers*H*2*L^2*hd  + 3*B*(sum_l k)*2*L^2*hd
           + 3*tokens*(sum_l Hs)*(2*Q*(N + hd) + 4*hd*N)
   stage 2 = the same without the two V*D (LM head) terms.
+  stage 1 = 2*tokens*layers*Dt + B*layers*H*2*L^2*hd   teacher forward
+          + sum over SSM heads of B*L^2*hd              their probabilities (causal QK^T)
+          + 6*tokens*D*sum_l (2*Hs*N + Hs)             in_proj's B, C, A_log rows
+          + 3*B*L^2*N per SSM head                     C B^T forward, dC and dB backward
   --dense (a teacher-shaped student, the plain Llama): Ds_l = Dt, every head's
   attention x3, no SSD term.
 Embedding lookups, norms, conv, softmax and elementwise work are not counted.
@@ -128,6 +142,10 @@ def count_flops(cfg, kept, N, B, L, stage, chunk=CHUNK, dense=False):
     attn_fwd = 2.0 * B * L * L * hd  # one head, causal: QK^T and PV, half the square
     ssd_fwd = tokens * (2.0 * chunk * (N + hd) + 4.0 * hd * N)  # one SSM head
     teacher = 2.0 * tokens * (layers * teacher_block + head) + layers * H * attn_fwd
+    if stage == 1:
+        ssm_rows = sum(2 * (H - len(x)) * N + (H - len(x)) for x in kept)
+        return (teacher + ssm_total * B * L * L * hd + 6.0 * tokens * D * ssm_rows
+                + ssm_total * 3.0 * B * L * L * N)
     student = 6.0 * tokens * (student_blocks + head) + 3.0 * kept_total * attn_fwd + 3.0 * ssm_total * ssd_fwd
     return teacher + student
 
@@ -151,18 +169,15 @@ def build_models(cfg_dict, kept, N, stage, dense=False):
     D, H = cfg.hidden_size, cfg.num_attention_heads
     hd = cfg.head_dim
 
-    def rotate_half(x):
-        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-        return torch.cat((-x2, x1), dim=-1)
-
     class RoutedMixer(nn.Module):
         """One routed hybrid layer's mixer (module docstring)."""
 
         def __init__(self, kept_heads):
             super().__init__()
             self.kept = list(kept_heads)
-            self.k, self.Hs = len(self.kept), H - len(self.kept)
+            self.k, self.Hs, self.N, self.hd = len(self.kept), H - len(self.kept), N, hd
             ssm_slots = [h for h in range(H) if h not in self.kept]
+            self.ssm_slots = ssm_slots  # the teacher query head of each SSM head (stage 1)
             order = self.kept + ssm_slots  # slot order of cat([attention, ssm])
             self.register_buffer("slot_perm", torch.tensor([order.index(h) for h in range(H)]), persistent=False)
             if self.k:
@@ -231,7 +246,57 @@ def build_models(cfg_dict, kept, N, stage, dense=False):
     if stage == 2:  # --train block: the blocks train, embeddings / final norm / LM head do not
         student.requires_grad_(False)
         student.model.layers.requires_grad_(True)
+    if stage == 1:  # the parameters the mixing matrix depends on (whole tensors)
+        student.requires_grad_(False)
+        for layer in student.model.layers:
+            m = layer.self_attn
+            if getattr(m, "Hs", 0):
+                for p in (m.in_proj.weight, m.conv_w, m.conv_b, m.D):
+                    p.requires_grad_(True)
     return teacher, student
+
+
+def rotate_half(x):
+    import torch
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def teacher_probs(layer, h, cos_sin, slots):
+    """Stage 1's targets: the causal softmax attention (fp32) of query heads
+    `slots` of a teacher LlamaDecoderLayer on its input h, [B, len(slots), T, T]."""
+    import torch
+    att, (Bsz, T, _) = layer.self_attn, h.shape
+    hd, g = att.head_dim, att.config.num_attention_heads // att.config.num_key_value_heads
+    xn = layer.input_layernorm(h)
+    q = att.q_proj(xn).view(Bsz, T, -1, hd).transpose(1, 2)[:, slots]
+    k = att.k_proj(xn).view(Bsz, T, -1, hd).transpose(1, 2)[:, [s // g for s in slots]]
+    cos, sin = (t.unsqueeze(1) for t in cos_sin)
+    q, k = ((x * cos + rotate_half(x) * sin).float() for x in (q, k))
+    s = (q @ k.transpose(-1, -2)) * hd ** -0.5
+    above = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
+    return s.masked_fill_(above, float("-inf")).softmax(-1)
+
+
+def mixing_matrices(m, xn):
+    """Stage 1: the mixing matrices of a RoutedMixer's SSM heads on xn, fp32
+    [B, Hs, T, T]: in_proj and conv in bf16 (autocast), B, C, a, the matrix
+    in fp32 as ra computes it."""
+    import torch
+    import torch.nn.functional as F
+    Bsz, T, _ = xn.shape
+    Hs, cd, N, hd = m.Hs, m.conv_dim, m.N, m.hd
+    proj = m.in_proj(xn)
+    bc = F.conv1d(proj[..., :cd].transpose(1, 2), m.conv_w, m.conv_b, padding=3, groups=cd)[..., :T].transpose(1, 2)
+    with torch.autocast("cuda", enabled=False):
+        Bm = bc[..., Hs * hd:Hs * hd + Hs * N].reshape(Bsz, T, Hs, N).float()
+        Cm = bc[..., Hs * hd + Hs * N:].reshape(Bsz, T, Hs, N).float()
+        cum = (-F.softplus(proj[..., cd + Hs * hd:].float())).cumsum(1).transpose(1, 2)  # [B, Hs, T]
+        below = torch.ones(T, T, dtype=torch.bool, device=xn.device).tril()
+        decay = (cum[..., :, None] - cum[..., None, :]).masked_fill_(~below, float("-inf")).exp()
+        Ts = torch.einsum("blhn,bshn->bhls", Cm, Bm) * decay
+        Ts.diagonal(dim1=-2, dim2=-1).add_(m.D.float().view(1, Hs, 1))
+    return Ts
 
 
 def load_rows(path, B, L, V, seed, need):
@@ -271,9 +336,9 @@ def run_stage(a, cfg_dict, kept, stage):
     nrows = rows.shape[0]
     amp = dict(device_type="cuda", dtype=torch.bfloat16)
 
-    # stage 2: the residual entering and leaving every teacher layer
+    # stages 1 and 2: the residual entering (and leaving) every teacher layer
     h_in, h_out = {}, {}
-    if stage == 2:
+    if stage in (1, 2):
         for i, layer in enumerate(teacher.model.layers):
             layer.register_forward_pre_hook(
                 lambda m, args, kwargs, i=i: h_in.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
@@ -296,6 +361,24 @@ def run_stage(a, cfg_dict, kept, stage):
             del pt, zs
             loss.backward()
             total = loss.detach()
+        elif stage == 1:
+            with torch.no_grad():
+                teacher.model(input_ids=ids, use_cache=False)
+            total = 0
+            cos_sin = teacher.model.rotary_emb(h_in[0], pos)
+            for li, (tl, sl) in enumerate(zip(teacher.model.layers, student.model.layers)):
+                if not getattr(sl.self_attn, "Hs", 0):
+                    continue
+                with torch.no_grad():
+                    A = teacher_probs(tl, h_in[li], cos_sin, sl.self_attn.ssm_slots)
+                with torch.autocast(**amp):
+                    Ts = mixing_matrices(sl.self_attn, sl.input_layernorm(h_in[li]))
+                loss = (Ts - A).flatten(2).norm(dim=-1).mean()
+                del A, Ts
+                loss.backward()
+                total = total + loss.detach()
+            h_in.clear()
+            h_out.clear()
         else:
             with torch.no_grad():
                 teacher.model(input_ids=ids, use_cache=False)
@@ -354,7 +437,7 @@ def main():
     ap.add_argument("--d-state", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq-len", type=int)
-    ap.add_argument("--stage", default="both", choices=["2", "3", "both"])
+    ap.add_argument("--stage", default="all", choices=["1", "2", "3", "all"])
     ap.add_argument("--dense", action="store_true",
                     help="a teacher-shaped student instead (every head attention, GQA): the plain Llama")
     ap.add_argument("--steps", type=int, help="timed steps (10)")
@@ -386,7 +469,11 @@ def main():
             for h in hs:
                 print(layer, h)
         return 0
-    stages = [3, 2] if a.stage == "both" else [int(a.stage)]
+    stages = [3, 2, 1] if a.stage == "all" else [int(a.stage)]
+    if a.dense and 1 in stages:  # a teacher-shaped student has no SSM heads to train
+        if a.stage == "1":
+            sys.exit("--dense --stage 1: a teacher-shaped student has no SSM heads (stage 1 trains only those)")
+        stages.remove(1)
     if a.what == "flops":
         for s in stages:
             print(f"{count_flops(cfg, kept, a.d_state, a.batch, a.seq_len, s, dense=a.dense):.0f}")

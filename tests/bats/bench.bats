@@ -56,6 +56,9 @@ setup() {
 @test "train.py --print flops: stage 3 adds the two LM heads to stage 2; linear in B" {
     f() { python3 "$PY" --print flops --kept 0:0,3:5,3:9 --d-state 16 --seq-len 256 "$@"; }
     s3=$(f --stage 3 --batch 2) s2=$(f --stage 2 --batch 2) s3b=$(f --stage 3 --batch 6)
+    s1=$(f --stage 1 --batch 2) s1b=$(f --stage 1 --batch 6)
+    # stage 1: the teacher forward and the matrices, all linear in B; less than stage 2's training
+    awk -v a="$s1" -v b="$s1b" -v c="$s2" 'BEGIN { r = b / a - 3; exit !(r * r < 1e-12 && a > 0 && a < c) }'
     # the LM head: 2 (teacher forward) + 6 (student forward + backward) FLOPs per weight and token
     awk -v a="$s3" -v b="$s2" 'BEGIN { d = a - b - 8 * 2 * 256 * 128256 * 2048; exit !(d * d < 1e6) }'
     awk -v a="$s3" -v b="$s3b" 'BEGIN { r = b / a - 3; exit !(r * r < 1e-12) }'
@@ -73,6 +76,7 @@ setup() {
     run cat "$T/out/train.md"
     assert_line --regexp '^\| ra-mohawk3 --device cpu \| 3 \(kd\) \| [0-9,]+ \| [0-9.]+% \| '
     assert_line --regexp '^\| ra-mohawk2 --device cpu \| 2 \(all layers\) \| [0-9,]+ \| '
+    assert_line --regexp '^\| ra-mohawk1 --device cpu \| 1 \(all layers\) \| [0-9,]+ \| '
     assert_line --regexp '^\| PyTorch \(train.py\) \| 3 \(kd\) \| '
     assert_line --regexp '^\| ra-mohawk3 --device cpu \| 3 \(kd\), teacher-shaped student \| [0-9,]+ \| '
     assert_output --partial "0:0, 1:3 as layer:head"
@@ -86,7 +90,7 @@ setup() {
 @test "train.sh: a tool exiting 69 gets a 'not available' row and the table is still written" {
     mkdir -p "$T/bin"
     for t in graft rank tok show; do ln -s "$(command -v ra-$t)" "$T/bin/ra-$t"; done
-    for t in mohawk2 mohawk3; do
+    for t in mohawk1 mohawk2 mohawk3; do
         printf '#!/bin/sh\necho "ra-%s: --device cuda: training runs on the CPU backend only so far" >&2\nexit 69\n' \
             "$t" >"$T/bin/ra-$t"
         chmod +x "$T/bin/ra-$t"
@@ -97,5 +101,6 @@ setup() {
     run cat "$T/out/train.md"
     assert_line --partial "| ra-mohawk3 --device cuda | 3 (kd) | not available (exit 69"
     assert_line --partial "| ra-mohawk2 --device cuda | 2 (all layers) | not available (exit 69"
+    assert_line --partial "| ra-mohawk1 --device cuda | 1 (all layers) | not available (exit 69"
     assert_line --partial "| ra-mohawk3 --device cuda | 3 (kd), teacher-shaped student | not available (exit 69: ra-mohawk3: --device cuda: training runs on the CPU backend only so far) |"
 }
