@@ -143,6 +143,17 @@ extern "C" void cuda_dm2_forward_around_ssd(uint16_t *out, cuda_dm2_acts *s, con
     gate_and_project_out(out, s, p);
 }
 
+/* dW_in [in_dim, D] += dprojᵀ u.  An odd in_dim (a layer with one kept head)
+ * sends the whole GEMM to cuBLAS's sm80 kernel (0.56 ms against ~0.35 on the
+ * sm90 ones at the 1B training shape, bench/results/dm2_mixer.md): the
+ * rows up to a multiple of 8 go first, the last < 8 rows (A_log) apart. */
+static void weight_grad_in(float *gw, const uint16_t *dproj, const uint16_t *u, const layout &L, int D, int BT) {
+    const int m0 = L.in_dim / 8 * 8;
+    gemm_rm(true, false, m0, D, BT, dproj, L.ld, u, D, 1.0f, gw, true, D);
+    if (L.in_dim > m0)
+        gemm_rm(true, false, L.in_dim - m0, D, BT, dproj + m0, L.ld, u, D, 1.0f, gw + (size_t)m0 * D, true, D);
+}
+
 /* From dx (with_x), dBm, dCm, da and the z columns of dproj back through
  * the decay, the conv and in_proj. */
 static void backward_to_input(cuda_dm2_grads *g, uint16_t *du, cuda_dm2_acts *s, const cuda_dm2_params *p,
@@ -166,8 +177,7 @@ static void backward_to_input(cuda_dm2_grads *g, uint16_t *du, cuda_dm2_acts *s,
     /* dW_in += dprojᵀ u;  du += dproj W_in over all ld columns: the padding
      * columns of dproj are zeroed (their weight rows are zero, but the
      * buffer may hold anything, NaN included, from a wider layer) */
-    gemm_rm(true, false, L.in_dim, c->d_model, (int)BT, s->dproj, L.ld, u, c->d_model, 1.0f, g->in_proj_w, true,
-            c->d_model);
+    weight_grad_in(g->in_proj_w, s->dproj, u, L, c->d_model, (int)BT);
     if (du) {
         if (L.ld > L.in_dim)
             CUDA_CHECK(cudaMemset2DAsync(s->dproj + L.in_dim, (size_t)L.ld * 2, 0, (size_t)(L.ld - L.in_dim) * 2,
