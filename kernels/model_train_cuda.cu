@@ -123,49 +123,69 @@ static int choose_recompute(const cuda_model *cm, int B, int T) {
                                                                                       : CUDA_BLOCKS_SAVE_ALL;
 }
 
-extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, const ra_model *teacher, ra_optim *optim,
-                                       int B, int T, ra_error *err) {
+int mt_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim, int B, int T,
+              ra_error *err) {
     *out = NULL;
     int rc = cuda_device_init(0, err); /* its message names --device cuda */
     if (rc) return rc;
-    if ((rc = mt_check_supported(m, "student", err))) return rc;
-    if (teacher && (rc = ra_stage3_check_pair(teacher, m, err))) return rc;
+    if ((rc = mt_check_supported(student, "student", err))) return rc;
     if (teacher && teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
     if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
         return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
-    const hf_config *c = &m->cfg;
+    const hf_config *c = &student->cfg;
     cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
-    t->m = m, t->teacher = teacher, t->host = optim, t->B = B, t->T = T, t->n = B * T;
+    *out = t;
+    t->m = student, t->host = optim, t->B = B, t->T = T, t->n = B * T;
     t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
-    size_t R = LOGIT_CHUNK_ELEMS / (size_t)t->V;
-    t->R = (int)(R < 1 ? 1 : R > (size_t)t->n ? (size_t)t->n : R);
     t->ac.err = &t->alloc_err;
-    if ((rc = cuda_model_upload(m, &t->cm, err))) goto fail;
-    if (teacher) {
-        if ((rc = cuda_model_upload(teacher, &t->tm, err))) goto fail;
-        if ((rc = cuda_forward_state_create(t->tm, B, T, &t->tfs, err))) goto fail;
-    }
-    alloc_acts(t);
-    if ((rc = mt_alloc_failed(t, err))) goto fail;
-    t->recompute = choose_recompute(t->cm, B, T);
-    if ((rc = cuda_blocks_create(&t->blocks, t->cm, B, T, t->recompute, err))) goto fail;
-    {
-        int width, kv, ad;
-        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
-        if ((rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err))) goto fail;
-    }
     t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
     t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
     t->h_labels = (int32_t *)xmalloc((size_t)t->n * sizeof(int32_t));
     t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
+    if ((rc = cuda_model_upload(student, &t->cm, err))) return rc;
+    if (teacher && (rc = cuda_model_upload(teacher, &t->tm, err))) return rc;
+    return 0;
+}
+
+int mt_created(cuda_model_train **out, int rc, ra_error *err) {
+    cuda_model_train *t = *out;
+    if (rc) {
+        rc = mt_oom_code(rc, err, t ? t->B : 0, t ? t->T : 0);
+        cuda_model_train_free(t);
+        *out = NULL;
+        return rc;
+    }
     cuda_synchronize();
     mt_sample_peak(t);
-    *out = t;
     return 0;
-fail:
-    rc = mt_oom_code(rc, err, B, T);
-    cuda_model_train_free(t);
-    return rc;
+}
+
+extern "C" int cuda_model_train_create(cuda_model_train **out, ra_model *m, const ra_model *teacher, ra_optim *optim,
+                                       int B, int T, ra_error *err) {
+    *out = NULL;
+    int rc = teacher ? ra_stage3_check_pair(teacher, m, err) : 0;
+    if (!rc) rc = mt_create(out, m, teacher, optim, B, T, err);
+    cuda_model_train *t = *out;
+    if (!rc) {
+        t->teacher = teacher;
+        size_t R = LOGIT_CHUNK_ELEMS / (size_t)t->V;
+        t->R = (int)(R < 1 ? 1 : R > (size_t)t->n ? (size_t)t->n : R);
+        if (teacher) rc = cuda_forward_state_create(t->tm, B, T, &t->tfs, err);
+    }
+    if (!rc) {
+        alloc_acts(t);
+        rc = mt_alloc_failed(t, err);
+    }
+    if (!rc) {
+        t->recompute = choose_recompute(t->cm, B, T);
+        rc = cuda_blocks_create(&t->blocks, t->cm, B, T, t->recompute, err);
+    }
+    if (!rc) {
+        int width, kv, ad;
+        cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
+        rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err);
+    }
+    return mt_created(out, rc, err);
 }
 
 /* ---- parameters ------------------------------------------------------------------------------ */

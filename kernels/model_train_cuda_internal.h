@@ -61,6 +61,16 @@ struct cuda_model_train {
     size_t peak;
 };
 
+/* What every trainer starts with: the GPU, the student checked (and a
+ * teacher refused when it is a hybrid), t's shape fields, host scratch,
+ * the student (and teacher, when given) uploaded.  *out is set as soon as
+ * the trainer exists, so on an error the caller hands it to mt_created. */
+int mt_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim, int B, int T,
+              ra_error *err);
+/* The end of a create: rc 0 leaves *out (peak sampled); otherwise the
+ * partial trainer is freed, *out NULL, out of GPU memory reported as
+ * EX_OSERR naming the batch. */
+int mt_created(cuda_model_train **out, int rc, ra_error *err);
 /* Device memory high-water mark, sampled now. */
 void mt_sample_peak(cuda_model_train *t);
 /* EX_UNAVAILABLE / EX_DATAERR for a model the CUDA step does not take. */

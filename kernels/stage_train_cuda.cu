@@ -14,34 +14,22 @@ extern "C" {
 #include "stage1.h"
 }
 
-/* What both stages set up: the models on the device, n_res teacher
- * residual buffers in X, `u` [n, D] (stage 2: the student block's output;
- * stage 1: its normed input) in dres, the batch's tables and the teacher's
- * blocks. */
+/* What both stages set up (beyond mt_create): n_res teacher residual
+ * buffers in X, `u` [n, D] (stage 2: the student block's output; stage 1:
+ * its normed input) in dres, the batch's tables and the teacher's blocks. */
 static int teacher_blocks_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
                                  const int *layers, int n_layers, int B, int T, int n_res, const char *u,
                                  ra_error *err) {
     *out = NULL;
-    int rc = cuda_device_init(0, err);
-    if (rc) return rc;
-    if ((rc = mt_check_supported(student, "student", err))) return rc;
-    if (teacher->hybrid) return ra_fail(err, EX_DATAERR, "%s: a hybrid student as the teacher", teacher->source);
     if (n_layers < 1) return ra_fail(err, EX_USAGE, "no layers to train");
-    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 30))
-        return ra_fail(err, EX_USAGE, "--device cuda: batch %d × %d out of range", B, T);
-    const hf_config *c = &student->cfg;
-    cuda_model_train *t = (cuda_model_train *)xcalloc(1, sizeof *t);
-    t->m = student, t->host = optim, t->B = B, t->T = T, t->n = B * T;
-    t->L = c->num_layers, t->D = c->hidden_size, t->V = c->vocab_size, t->hd = c->head_dim;
+    int rc = mt_create(out, student, teacher, optim, B, T, err);
+    if (rc) return rc;
+    cuda_model_train *t = *out;
     t->layers = (int *)xmalloc((size_t)n_layers * sizeof(int));
     memcpy(t->layers, layers, (size_t)n_layers * sizeof(int));
     t->n_layers = n_layers;
-    t->ac.err = &t->alloc_err;
     t->recompute = CUDA_BLOCKS_RECOMPUTE; /* each listed layer's backward follows its forward */
     size_t n = (size_t)t->n, D = t->D, half = (size_t)t->hd / 2;
-    *out = t;
-    if ((rc = cuda_model_upload(student, &t->cm, err))) return rc;
-    if ((rc = cuda_model_upload(teacher, &t->tm, err))) return rc;
     t->X = (uint16_t **)xcalloc((size_t)t->L + 1, sizeof *t->X);
     for (int l = 0; l < n_res; l++) t->X[l] = (uint16_t *)mt_dalloc(t, n * D * 2, "the teacher's residuals");
     t->dres = (uint16_t *)mt_dalloc(t, n * D * 2, u);
@@ -50,26 +38,7 @@ static int teacher_blocks_create(cuda_model_train **out, ra_model *student, cons
     t->starts = (uint8_t *)mt_dalloc(t, n, "document starts");
     t->d_ints = (int32_t *)mt_dalloc(t, (7 * n + 1) * 4, "token ids, document starts, positions");
     if ((rc = mt_alloc_failed(t, err))) return rc;
-    if ((rc = cuda_blocks_create(&t->tblocks, t->tm, B, T, CUDA_BLOCKS_RECOMPUTE, err))) return rc;
-    t->h_ints = (int32_t *)xmalloc(((size_t)7 * t->n + 1) * sizeof(int32_t));
-    t->h_count = (int32_t *)xmalloc(((size_t)t->V + 1) * sizeof(int32_t));
-    t->h_rows = (float *)xmalloc((size_t)t->n * sizeof(float));
-    return 0;
-}
-
-/* The end of a create: 0 and *out, or the error (out of memory named with
- * the batch) and nothing. */
-static int created(cuda_model_train **out, int rc, ra_error *err) {
-    cuda_model_train *t = *out;
-    if (rc) {
-        rc = mt_oom_code(rc, err, t ? t->B : 0, t ? t->T : 0);
-        cuda_model_train_free(t);
-        *out = NULL;
-        return rc;
-    }
-    cuda_synchronize();
-    mt_sample_peak(t);
-    return 0;
+    return cuda_blocks_create(&t->tblocks, t->tm, B, T, CUDA_BLOCKS_RECOMPUTE, err);
 }
 
 /* Inputs up, tables made, the teacher's embedding into X[0]. */
@@ -99,7 +68,7 @@ extern "C" int cuda_stage2_train_create(cuda_model_train **out, ra_model *studen
         cuda_blocks_scratch_shape(t->cm, &width, &kv, &ad);
         rc = cuda_train_scratch_reserve(t->n, width, B, T, kv, t->hd, ad, err);
     }
-    return created(out, rc, err);
+    return mt_created(out, rc, err);
 }
 
 extern "C" int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *tokens,
@@ -181,7 +150,7 @@ extern "C" int cuda_stage1_train_create(cuda_model_train **out, ra_model *studen
     int rc = teacher_blocks_create(out, student, teacher, optim, layers, n_layers, B, T, 2,
                                    "the student's normed layer inputs", err);
     if (!rc) rc = stage1_alloc(*out, max_bytes, err);
-    return created(out, rc, err);
+    return mt_created(out, rc, err);
 }
 
 /* Listed layer i on the teacher's residual x entering it (its block forward
