@@ -130,7 +130,9 @@ int cuda_stage2_train_step(cuda_model_train *t, int want_grads, const int32_t *t
  * its gradient through the mixer only (kernels/dm2_cuda.h's matrix path).
  * The fp32 matrices, 2 · Hs · T² per row, are made for as many rows at a
  * time as max_bytes holds (≤ 0: RA_STAGE1_DEFAULT_MAX_BYTES); EX_USAGE when
- * not even one row fits, with lib/stage1.c's message. */
+ * not even one row fits, with lib/stage1.c's message.  No float atomics on
+ * this path: its steps are bit-reproducible (tests/gpu/run_train.sh resumes
+ * a stopped run to the same bytes). */
 int cuda_stage1_train_create(cuda_model_train **out, ra_model *student, const ra_model *teacher, ra_optim *optim,
                              const int *layers, int n_layers, int B, int T, int64_t max_bytes, ra_error *err);
 /* *loss = Σ_l L_l; with want_grads, dloss·∂L/∂θ accumulated. */
