@@ -125,9 +125,8 @@ static double *matrix_norms(const float *Ts, const float *A, int BH, int T) {
     return norm;
 }
 
-extern "C" double cuda_loss_matrix_forward(const float *Ts, const float *A, int BH, int T) {
-    if (BH <= 0 || T <= 0) return 0;
-    double *d_norm = matrix_norms(Ts, A, BH, T);
+/* The mean of the norms (one download: synchronises). */
+static double matrix_loss_value(const double *d_norm, int BH) {
     double *h = (double *)xmalloc((size_t)BH * sizeof(double));
     cuda_synchronize();
     cuda_download(h, d_norm, (size_t)BH * sizeof(double));
@@ -135,6 +134,11 @@ extern "C" double cuda_loss_matrix_forward(const float *Ts, const float *A, int 
     for (int m = 0; m < BH; m++) L += h[m];
     free(h);
     return L / BH;
+}
+
+extern "C" double cuda_loss_matrix_forward(const float *Ts, const float *A, int BH, int T) {
+    if (BH <= 0 || T <= 0) return 0;
+    return matrix_loss_value(matrix_norms(Ts, A, BH, T), BH);
 }
 
 /* One block per matrix row (m, l), 4 columns per thread per pass: no index
@@ -162,13 +166,24 @@ __global__ void matrix_grad_kernel(float *dTs, const float *Ts, const float *A, 
     }
 }
 
-extern "C" void cuda_loss_matrix_backward(float *dTs, const float *Ts, const float *A, int BH, int T, float dloss) {
-    if (BH <= 0 || T <= 0) return;
-    double *d_norm = matrix_norms(Ts, A, BH, T);
+static void matrix_grad_launch(float *dTs, const float *Ts, const float *A, const double *d_norm, int BH, int T,
+                               float dloss) {
     const int64_t rows = (int64_t)BH * T;
     RA_CHECK(rows <= 2147483647);
     matrix_grad_kernel<<<(unsigned)rows, T >= 1024 ? 256 : 64, 0, ra_cuda_stream>>>(dTs, Ts, A, d_norm, BH, T, dloss);
     CUDA_CHECK_LAST();
+}
+
+extern "C" void cuda_loss_matrix_backward(float *dTs, const float *Ts, const float *A, int BH, int T, float dloss) {
+    if (BH <= 0 || T <= 0) return;
+    matrix_grad_launch(dTs, Ts, A, matrix_norms(Ts, A, BH, T), BH, T, dloss);
+}
+
+extern "C" double cuda_loss_matrix(float *dTs, const float *Ts, const float *A, int BH, int T, float dloss) {
+    if (BH <= 0 || T <= 0) return 0;
+    double *d_norm = matrix_norms(Ts, A, BH, T);
+    if (dTs) matrix_grad_launch(dTs, Ts, A, d_norm, BH, T, dloss);
+    return matrix_loss_value(d_norm, BH);
 }
 
 /* ---- stage 2: per-token L2 --------------------------------------------------------- */

@@ -406,8 +406,8 @@ int mt_check_batch(const cuda_model_train *t, const int32_t *tokens, const int32
 
 /* Host inputs → one upload: tokens, doc_start, labels, positions, and the
  * rows grouped by token (a counting sort, rows ascending within a token). */
-void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start,
-                          const int32_t *labels) {
+void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, const int32_t *labels,
+                      int by_token) {
     size_t n = (size_t)t->n;
     int32_t *h = t->h_ints;
     memcpy(h, tokens, n * 4);
@@ -416,6 +416,10 @@ void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t 
     if (labels) memcpy(h + 2 * n, labels, n * 4);
     else memset(h + 2 * n, 0, n * 4);
     for (size_t i = 0; i < n; i++) h[3 * n + i] = (int32_t)(i % t->T) - (doc_start ? doc_start[i] : 0);
+    if (!by_token) {
+        cuda_upload(t->d_ints, h, 4 * n * 4);
+        return;
+    }
     int32_t *rows = h + 4 * n, *ids = h + 5 * n, *offsets = h + 6 * n, *cnt = t->h_count;
     memset(cnt, 0, ((size_t)t->V + 1) * sizeof(int32_t));
     for (size_t i = 0; i < n; i++) cnt[tokens[i] + 1]++;
@@ -454,7 +458,7 @@ extern "C" int cuda_model_train_step(cuda_model_train *t, int want_grads, ra_sta
         return rc;
     if (kind == RA_LOSS_CE && counted) *counted = total;
     train_prof_mark("host: between steps (logging, checks)");
-    mt_upload_inputs(t, tokens, doc_start, labels);
+    mt_upload_inputs(t, tokens, doc_start, labels, t->g_embed != NULL);
     train_prof_mark("host: inputs, upload");
     const int32_t *d_tokens = t->d_ints, *d_labels = t->d_ints + 2 * (size_t)n;
 

@@ -84,8 +84,10 @@ int mt_oom_code(int rc, ra_error *err, int B, int T);
 /* The batch is the one the buffers were made for; token ids and doc_start valid. */
 int mt_check_batch(const cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, int B, int T,
                    ra_error *err);
-/* Tokens, doc_start, labels, positions and the rows grouped by token → d_ints. */
-void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, const int32_t *labels);
+/* Tokens, doc_start, labels, positions → d_ints; with by_token also the
+ * rows grouped by token (for the embedding's backward). */
+void mt_upload_inputs(cuda_model_train *t, const int32_t *tokens, const int32_t *doc_start, const int32_t *labels,
+                      int by_token);
 /* RoPE tables and document starts of the uploaded batch into bt. */
 void mt_batch_tables(cuda_model_train *t, const int32_t *doc_start, cuda_block_batch *bt);
 

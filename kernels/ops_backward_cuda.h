@@ -136,6 +136,9 @@ void cuda_adapter_linear_backward(uint16_t *dssm, uint16_t *dattn, float *dW, fl
  * over rows on the host in row order. */
 double cuda_loss_matrix_forward(const float *Ts, const float *A, int BH, int T);
 void cuda_loss_matrix_backward(float *dTs, const float *Ts, const float *A, int BH, int T, float dloss);
+/* Both from one pass of norms: returns the value and, when dTs is not NULL,
+ * writes the gradient (dTs may be Ts: in place).  What stage 1's step uses. */
+double cuda_loss_matrix(float *dTs, const float *Ts, const float *A, int BH, int T, float dloss);
 
 double cuda_loss_l2_forward(const uint16_t *out, const uint16_t *target, int n, int D);
 void cuda_loss_l2_backward(uint16_t *dout, const uint16_t *out, const uint16_t *target, int n, int D, float dloss);

@@ -36,7 +36,7 @@ static int teacher_blocks_create(cuda_model_train **out, ra_model *student, cons
     t->cos_t = (float *)mt_dalloc(t, n * half * 4, "RoPE tables");
     t->sin_t = (float *)mt_dalloc(t, n * half * 4, "RoPE tables");
     t->starts = (uint8_t *)mt_dalloc(t, n, "document starts");
-    t->d_ints = (int32_t *)mt_dalloc(t, (7 * n + 1) * 4, "token ids, document starts, positions");
+    t->d_ints = (int32_t *)mt_dalloc(t, 4 * n * 4, "token ids, document starts, positions");
     if ((rc = mt_alloc_failed(t, err))) return rc;
     return cuda_blocks_create(&t->tblocks, t->tm, B, T, CUDA_BLOCKS_RECOMPUTE, err);
 }
@@ -47,7 +47,7 @@ static int begin_batch(cuda_model_train *t, const char *who, const int32_t *toke
     int rc = mt_check_batch(t, tokens, doc_start, B, T, err);
     if (rc) return rc;
     if (!t->opt) return ra_fail(err, EX_SOFTWARE, "%s before cuda_model_train_begin", who);
-    mt_upload_inputs(t, tokens, doc_start, NULL);
+    mt_upload_inputs(t, tokens, doc_start, NULL, 0);
     mt_batch_tables(t, doc_start, bt);
     cuda_embedding_forward(t->X[0], t->d_ints, t->tm->embed, t->n, t->D);
     train_prof_mark("host: between steps, inputs");
@@ -176,11 +176,11 @@ static double stage1_layer(cuda_model_train *t, int i, const uint16_t *x, const 
         train_prof_mark("teacher attention matrices");
         cuda_dm2_matrix_forward(t->s1_Tm, &v, &Y->ssm, u, starts);
         train_prof_mark("student mixing matrices");
-        loss += cuda_loss_matrix_forward(t->s1_Tm, t->s1_A, bh, T) * share;
-        train_prof_mark("matrix loss (sync)");
+        /* the value and (training) its gradient in place of Ts, from one pass of norms */
+        loss += cuda_loss_matrix(want_grads ? t->s1_Tm : NULL, t->s1_Tm, t->s1_A, bh, T, (float)(dloss * share)) *
+                share;
+        train_prof_mark("matrix loss and its gradient (sync)");
         if (!want_grads) continue;
-        cuda_loss_matrix_backward(t->s1_Tm, t->s1_Tm, t->s1_A, bh, T, (float)(dloss * share));
-        train_prof_mark("matrix loss gradient");
         cuda_dm2_matrix_backward(&t->lg[l].ssm, NULL, t->s1_Tm, &v, &Y->ssm, u, starts);
         train_prof_mark("mixer backward (matrix path)");
     }

@@ -5,6 +5,7 @@
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
+load train_stop
 
 setup() {
     ROOT="$BATS_TEST_DIRNAME/../.."
@@ -161,19 +162,8 @@ RUN=(--seq-len 32 --batch 2 --lr 1e-2 -q)
 @test "kill -9 mid-run, then --resume: bit-identical output" {
     A=(-m "$T/m" -s "$T/st.ra" -d "$T/tok.ra" "${RUN[@]}" --steps 30 --ckpt-every 5)
     ra-mohawk1 "${A[@]}" --ckpt-dir "$T/a" -o "$T/full.ra"
-    # the run stops itself after step 12 (RA_TEST_STOP_AT_STEP), two steps past
-    # its last checkpoint, and is killed there: never too late, whatever the load
-    RA_TEST_STOP_AT_STEP=12 ra-mohawk1 "${A[@]}" --ckpt-dir "$T/b" -o "$T/resumed.ra" &
-    pid=$!
-    state=
-    for i in $(seq 1 3000); do
-        state=$(ps -o stat= -p $pid) || break # exited: it did not stop
-        [[ $state == T* ]] && break
-        sleep 0.02
-    done
-    kill -9 $pid || true
-    wait $pid || true
-    [[ $state == T* ]] || { echo "the run did not stop at step 12 (state '$state')"; return 1; }
+    # stopped after step 12, two steps past its last checkpoint, and killed there
+    stop_and_kill 12 ra-mohawk1 "${A[@]}" --ckpt-dir "$T/b" -o "$T/resumed.ra"
     [ -e "$T/b/ckpt-000000000010.ra" ]
     [ ! -e "$T/b/ckpt-000000000015.ra" ]
     [ ! -e "$T/resumed.ra" ] # killed before the end: no output, not even a partial one

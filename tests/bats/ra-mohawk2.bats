@@ -5,6 +5,7 @@
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
+load train_stop
 
 setup_file() {
     export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -194,19 +195,8 @@ names() { ra-show --json "$1" | jq -r '.tensors[].name'; }
 
 @test "kill -9 mid-run, then --resume: output identical to an uninterrupted run" {
     ra-mohawk2 -q "${C[@]}" --steps 80 -o "$T/u.ra"
-    # the run stops itself after step 52 (RA_TEST_STOP_AT_STEP), two steps past
-    # its last checkpoint, and is killed there: never too late, whatever the load
-    RA_TEST_STOP_AT_STEP=52 ra-mohawk2 -q "${C[@]}" --steps 80 --ckpt-dir "$T/ck" --ckpt-every 25 -o "$T/r.ra" &
-    pid=$!
-    state=
-    for _ in $(seq 1 3000); do
-        state=$(ps -o stat= -p $pid) || break # exited: it did not stop
-        [[ $state == T* ]] && break
-        sleep 0.02
-    done
-    kill -9 $pid || true
-    wait $pid || true
-    [[ $state == T* ]] || { echo "the run did not stop at step 52 (state '$state')"; return 1; }
+    # stopped after step 52, two steps past its last checkpoint, and killed there
+    stop_and_kill 52 ra-mohawk2 -q "${C[@]}" --steps 80 --ckpt-dir "$T/ck" --ckpt-every 25 -o "$T/r.ra"
     [ -e "$T/ck/ckpt-000000000050.ra" ]
     [ ! -e "$T/r.ra" ]
     [ ! -e "$T/ck/ckpt-000000000075.ra" ]

@@ -5,6 +5,7 @@
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
+load train_stop
 
 setup() {
     ROOT="$BATS_TEST_DIRNAME/../.."
@@ -188,19 +189,8 @@ col() {
     student "$T/r.ra" "$T/st.ra"
     args=(-m "$T/r.ra" -s "$T/st.ra" -d "$T/tok.ra" "${TRAIN[@]}" --steps 50 --grad-accum 2)
     ra-mohawk3 "${args[@]}" -o "$T/full.ra"
-    # the run stops itself after step 42 (RA_TEST_STOP_AT_STEP), two steps past
-    # its last checkpoint, and is killed there: never too late, whatever the load
-    RA_TEST_STOP_AT_STEP=42 ra-mohawk3 "${args[@]}" --ckpt-dir "$T/ck" --ckpt-every 20 --keep 0 -o "$T/out.ra" &
-    pid=$!
-    state=
-    for _ in $(seq 1 3000); do
-        state=$(ps -o stat= -p $pid) || break # exited: it did not stop
-        [[ $state == T* ]] && break
-        sleep 0.02
-    done
-    kill -9 "$pid" || true
-    wait "$pid" || true
-    [[ $state == T* ]] || { echo "the run did not stop at step 42 (state '$state')"; return 1; }
+    # stopped after step 42, two steps past its last checkpoint, and killed there
+    stop_and_kill 42 ra-mohawk3 "${args[@]}" --ckpt-dir "$T/ck" --ckpt-every 20 --keep 0 -o "$T/out.ra"
     [ -e "$T/ck/ckpt-000000000040.ra" ]
     [ ! -e "$T/ck/ckpt-000000000050.ra" ]
     [ ! -e "$T/out.ra" ]

@@ -537,8 +537,13 @@ TEST(kl_l2_matrix_losses_match_cpu) {
     float *dT = down_f32(d_dT, mm);
     check_value("Frobenius value", Fg, F, TOL_VALUE);
     check_close("Frobenius gradient", dT, rdT, mm, TOL_VALUE);
+    /* both at once, the gradient in place of Ts (as stage 1 calls it) */
+    double Fc = cuda_loss_matrix(d_Ts, d_Ts, d_A, BH, T, 0.25f);
+    float *dTc = down_f32(d_Ts, mm);
+    check_value("Frobenius value (with its gradient)", Fc, F, TOL_VALUE);
+    check_close("Frobenius gradient (in place, with its value)", dTc, rdT, mm, TOL_VALUE);
     cuda_free(d_Ts), cuda_free(d_A), cuda_free(d_dT);
-    free(Ts), free(A), free(rdT), free(dT);
+    free(Ts), free(A), free(rdT), free(dT), free(dTc);
 }
 
 /* ---- AdamW ---------------------------------------------------------------------- */

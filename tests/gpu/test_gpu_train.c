@@ -334,6 +334,23 @@ TEST(hybrid_students_match_cpu) {
     }
 }
 
+/* A stage's GPU step against its CPU step (hybrid bars): the loss, and the
+ * gradient of every parameter of o, whose host gradients hold the CPU's. */
+static void check_stage(const char *stage, cuda_model_train *ct, const ra_optim *o, double l_cpu, double l_gpu) {
+    ra_error err = {0, ""};
+    double le = fabs(l_gpu - l_cpu) / fabs(l_cpu);
+    printf("#   %-64s cpu %.6f gpu %.6f rel %.2e\n", "loss (sum over layers)", l_cpu, l_gpu, le);
+    note(N_TEACHER_CLASSES - 1 + N_TEACHER_CLASSES, le);
+    EXPECT_MSG(le <= TOL_LOSS_HYBRID, "%s loss: relative error %.3e", stage, le);
+    for (int i = 0; i < o->n; i++) {
+        float *gg = xmalloc((size_t)o->params[i].numel * sizeof(float));
+        EXPECT(cuda_model_train_grad(ct, o->params[i].name, gg, &err) == 0);
+        note(class_of(o->params[i].name) + N_TEACHER_CLASSES,
+             gx_check(o->params[i].name, gg, o->params[i].g, (size_t)o->params[i].numel, TOL_GRAD_HYBRID));
+        free(gg);
+    }
+}
+
 /* Stage 2 (cuda_stage2_train_*) against lib/stage2.c: layers 0 and 2 of a
  * routed hybrid, --train block and --train mixer; loss and every trained
  * parameter's gradient (hybrid bars). */
@@ -359,17 +376,7 @@ TEST(stage2_matches_cpu) {
         } else {
             cuda_model_train_zero_grad(ct);
             EXPECT(cuda_stage2_train_step(ct, 1, tok, doc_start, B, T, 1.0f, &l_gpu, &err) == 0);
-            double le = fabs(l_gpu - l_cpu) / fabs(l_cpu);
-            printf("#   %-64s cpu %.6f gpu %.6f rel %.2e\n", "loss (sum over layers)", l_cpu, l_gpu, le);
-            note(N_TEACHER_CLASSES - 1 + N_TEACHER_CLASSES, le);
-            EXPECT_MSG(le <= TOL_LOSS_HYBRID, "stage 2 loss: relative error %.3e", le);
-            for (int i = 0; i < o->n; i++) {
-                float *gg = xmalloc((size_t)o->params[i].numel * sizeof(float));
-                EXPECT(cuda_model_train_grad(ct, o->params[i].name, gg, &err) == 0);
-                note(class_of(o->params[i].name) + N_TEACHER_CLASSES,
-                     gx_check(o->params[i].name, gg, o->params[i].g, (size_t)o->params[i].numel, TOL_GRAD_HYBRID));
-                free(gg);
-            }
+            check_stage("stage 2", ct, o, l_cpu, l_gpu);
         }
         cuda_model_train_free(ct);
         ra_optim_free(o);
@@ -421,17 +428,7 @@ TEST(stage1_matches_cpu) {
             }
             cuda_model_train_zero_grad(ct);
             EXPECT(cuda_stage1_train_step(ct, 1, tok, doc_start, B, T, 1.0f, &l_gpu, &err) == 0);
-            double le = fabs(l_gpu - l_cpu) / fabs(l_cpu);
-            printf("#   %-64s cpu %.6f gpu %.6f rel %.2e\n", "loss (sum over layers)", l_cpu, l_gpu, le);
-            note(N_TEACHER_CLASSES - 1 + N_TEACHER_CLASSES, le);
-            EXPECT_MSG(le <= TOL_LOSS_HYBRID, "stage 1 loss: relative error %.3e", le);
-            for (int i = 0; i < o->n; i++) {
-                float *gg = xmalloc((size_t)o->params[i].numel * sizeof(float));
-                EXPECT(cuda_model_train_grad(ct, o->params[i].name, gg, &err) == 0);
-                note(class_of(o->params[i].name) + N_TEACHER_CLASSES,
-                     gx_check(o->params[i].name, gg, o->params[i].g, (size_t)o->params[i].numel, TOL_GRAD_HYBRID));
-                free(gg);
-            }
+            check_stage("stage 1", ct, o, l_cpu, l_gpu);
             EXPECT(cuda_stage1_train_step(ct, 0, tok, doc_start, B, T, 1.0f, &l_eval, &err) == 0);
             EXPECT_MSG(l_eval == l_gpu, "stage 1 eval loss %.9g != training loss %.9g", l_eval, l_gpu);
             cuda_model_train_free(ct);
