@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
             if (ra_optim_add(host, name, hw, hw, 2, shapes[s], &err)) ra_die_error(&err);
             np++;
         }
-    if (cuda_optim_create(&b.opt, host, &err)) ra_die_error(&err);
+    if (cuda_optim_create(&b.opt, host, NULL, &err)) ra_die_error(&err);
     printf("# AdamW over %d tensors, %.3f G parameters\n", np, (double)ra_optim_trainable_numel(host) / 1e9);
 
     struct {

@@ -47,11 +47,43 @@ extern "C" void cuda_device_describe(char *buf, size_t len) {
              (double)p.totalGlobalMem / GiB, p.major, p.minor);
 }
 
+/* The most device memory seen in use (the whole device, as cudaMemGetInfo
+ * reports it: context and library workspaces included), sampled after
+ * every allocation of ours and whenever cuda_mem_peak is called. */
+static size_t peak_in_use;
+
+static size_t sample_in_use(void) {
+    size_t fr = 0, tot = 0;
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    if (tot - fr > peak_in_use) peak_in_use = tot - fr;
+    return tot - fr;
+}
+
+extern "C" size_t cuda_mem_peak(void) {
+    sample_in_use();
+    return peak_in_use;
+}
+
+/* After each allocation: the peak, and with RA_CUDA_ALLOC_LOG=1 one stderr
+ * line per allocation of 1 MiB or more (size, what, device memory in use
+ * after it), for seeing where a run's peak memory goes. */
+static void note_allocation(size_t bytes, const char *what) {
+    static int log = -1;
+    if (log < 0) log = getenv("RA_CUDA_ALLOC_LOG") && !strcmp(getenv("RA_CUDA_ALLOC_LOG"), "1");
+    size_t used = sample_in_use();
+    if (log && bytes >= ((size_t)1 << 20))
+        fprintf(stderr, "cuda alloc: %9.1f MiB  %-32s in use %.2f GiB\n", (double)bytes / (1 << 20),
+                what ? what : "(unnamed)", (double)used / GiB);
+}
+
 extern "C" int cuda_malloc_try(void **out, size_t bytes, const char *what, ra_error *err) {
     *out = NULL;
     if (bytes == 0) bytes = 1; /* distinct, freeable pointers even for empty buffers */
     cudaError_t e = cudaMalloc(out, bytes);
-    if (e == cudaSuccess) return 0;
+    if (e == cudaSuccess) {
+        note_allocation(bytes, what);
+        return 0;
+    }
     cudaGetLastError(); /* an allocation failure is not sticky; clear it */
     *out = NULL;
     size_t fr = 0, tot = 0;

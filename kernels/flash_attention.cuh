@@ -100,10 +100,10 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 64 ? 4 : 2) flash_attention_
     constexpr int DT = HD / 8;    /* 8-dim tiles of O per warp */
 #ifndef FA_SIM
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    __shared__ int s_kv_lo;
+    __shared__ int s_kv_lo, s_ds_max;
 #else
     unsigned char *fa_smem = fa_sim_dynamic_smem();
-    static int s_kv_lo; /* the simulator runs one block at a time */
+    static int s_kv_lo, s_ds_max; /* the simulator runs one block at a time */
 #endif
     bf16 *sQ = reinterpret_cast<bf16 *>(fa_smem); /* [FA_BR][LD] */
     bf16 *sK = sQ + FA_BR * LD;                   /* [2][FA_BC][LD] */
@@ -129,18 +129,20 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 64 ? 4 : 2) flash_attention_
     const bf16 *kb = p.k + tok0 * p.kv_stride + (int64_t)kvh * HD;
     const bf16 *vb = p.v + tok0 * p.kv_stride + (int64_t)kvh * HD;
 
-    /* The first key any row of this tile may see. */
-    int kv_lo = 0;
+    /* The first key any row of this tile may see, and the first key every
+     * row may see: key tiles from there on need no document mask. */
+    int kv_lo = 0, ds_max = 0;
     if (p.doc_start) {
-        if (tid == 0) s_kv_lo = INT_MAX;
+        if (tid == 0) s_kv_lo = INT_MAX, s_ds_max = 0;
         __syncthreads();
         if (tid < q_end - q0) {
             int t = q0 + tid, s = p.doc_start[tok0 + t];
             if (s < 0 || s > t) s = 0; /* malformed: plain causal, as the CPU twin */
             atomicMin(&s_kv_lo, s);
+            atomicMax(&s_ds_max, s);
         }
         __syncthreads();
-        kv_lo = s_kv_lo;
+        kv_lo = s_kv_lo, ds_max = s_ds_max;
     }
     const int kt_begin = kv_lo / FA_BC, kt_end = (q_end - 1) / FA_BC;
 
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(FA_THREADS, HD <= 64 ? 4 : 2) flash_attention_
         /* Scale into the log2 domain; mask future keys, keys of earlier
          * documents and (through causality) keys past T. */
         const int kbase = kt * FA_BC;
-        const bool need_mask = kbase + FA_BC - 1 > q0 || p.doc_start != nullptr;
+        const bool need_mask = kbase + FA_BC - 1 > q0 || kbase < ds_max;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
 #pragma unroll

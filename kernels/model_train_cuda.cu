@@ -19,9 +19,8 @@
 #define LOGIT_CHUNK_ELEMS ((size_t)256 << 20)
 
 void mt_sample_peak(cuda_model_train *t) {
-    size_t fr = 0, tot = 0;
-    cuda_mem_info(&fr, &tot);
-    if (tot - fr > t->peak) t->peak = tot - fr;
+    size_t p = cuda_mem_peak(); /* every allocation of the set-up included */
+    if (p > t->peak) t->peak = p;
 }
 
 extern "C" size_t cuda_model_train_peak_bytes(const cuda_model_train *t) { return t->peak; }
@@ -293,31 +292,31 @@ static void refresh_mirrors(cuda_model_train *t) {
     }
 }
 
+/* The fused gradient buffers come first and the optimiser takes its
+ * parameters' slices of them as their gradients, so no parameter ever has
+ * two gradient arrays (the optimiser's own, freed once the fused ones
+ * exist, had put 3 GB on the 1B student's peak during set-up). */
 extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
-    int rc = cuda_optim_create(&t->opt, t->host, err);
-    if (rc) {
-        rc = mt_oom_code(rc, err, t->B, t->T);
-        return ra_error_prefix(err, "the optimiser state: ");
-    }
+    int rc = 0, np = t->host->n;
     t->lg = (cuda_block_grads *)xcalloc((size_t)t->L, sizeof *t->lg); /* places point into it */
     ra_model_tensor *tl;
-    int nt = ra_model_tensor_list(t->m, &tl), np = t->opt->n;
+    int nt = ra_model_tensor_list(t->m, &tl);
     place *pl = (place *)xcalloc((size_t)(np ? np : 1), sizeof *pl);
     int *want = (int *)xcalloc((size_t)t->L * 3, sizeof(int)); /* per layer: q/k/v, gate/up trainable; any param */
     for (int i = 0; i < np && !rc; i++) {
+        const ra_param *hp = &t->host->params[i];
         size_t elem = 0;
-        float **slot = slot_holding(tl, nt, &t->host->params[i], &elem);
+        float **slot = slot_holding(tl, nt, hp, &elem);
         if (!slot || !find_place(t, slot, &pl[i]) || (elem && pl[i].fused < 0))
-            rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device",
-                         t->opt->params[i].name);
+            rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no place on the device", hp->name);
         else if (pl[i].layer >= 0) {
             pl[i].elem = elem; /* a slice: its gradient is part of a fused buffer */
             if (pl[i].compute) pl[i].compute += elem;
             if (pl[i].mirror) pl[i].mirror += elem;
-            int *w = want + 3 * pl[i].layer, fr = t->opt->params[i].frozen;
+            int *w = want + 3 * pl[i].layer;
             w[2] = 1;
-            if (!fr && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV)) w[0] = 1;
-            if (!fr && pl[i].fused == F_GU) w[1] = 1;
+            if (!hp->frozen && (pl[i].fused == F_WQKV || pl[i].fused == F_BQKV)) w[0] = 1;
+            if (!hp->frozen && pl[i].fused == F_GU) w[1] = 1;
         }
     }
     free(tl);
@@ -326,14 +325,22 @@ extern "C" int cuda_model_train_begin(cuda_model_train *t, ra_error *err) {
         cuda_block_grads_alloc_fused(&t->lg[l], t->cm, l, want[3 * l], want[3 * l + 1], &t->ac);
         rc = mt_alloc_failed(t, err);
     }
+    float **grads = (float **)xcalloc((size_t)(np ? np : 1), sizeof *grads);
+    for (int i = 0; i < np && !rc; i++)
+        if (!t->host->params[i].frozen && pl[i].fused >= 0 && !(grads[i] = fused_grad(t, &pl[i])))
+            rc = ra_fail(err, EX_SOFTWARE, "--device cuda: parameter '%s' has no gradient buffer",
+                         t->host->params[i].name);
+    if (!rc && (rc = cuda_optim_create(&t->opt, t->host, grads, err))) {
+        rc = mt_oom_code(rc, err, t->B, t->T);
+        ra_error_prefix(err, "the optimiser state: ");
+    }
+    free(grads);
     t->mirrors = (mirror32 *)xcalloc((size_t)(np ? np : 1), sizeof *t->mirrors);
     for (int i = 0; i < np && !rc; i++) {
         const place *p = &pl[i];
         if (p->compute) cuda_optim_set_compute_copy(t->opt, i, p->compute);
         if (p->mirror) t->mirrors[t->n_mirrors++] = (mirror32){p->mirror, i};
-        if (t->opt->params[i].frozen) continue;
-        if (p->fused >= 0) cuda_optim_set_grad(t->opt, i, fused_grad(t, p));
-        else if (p->field) *p->field = t->opt->params[i].g;
+        if (!t->opt->params[i].frozen && p->fused < 0 && p->field) *p->field = t->opt->params[i].g;
     }
     free(pl), free(want);
     if (rc) return rc;

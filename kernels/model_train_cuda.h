@@ -99,8 +99,8 @@ int cuda_model_train_recomputes(const cuda_model_train *t);
 /* Rows of the vocabulary chunk. */
 int cuda_model_train_logit_rows(const cuda_model_train *t);
 /* High-water mark of device memory in use (cudaMemGetInfo: total − free,
- * sampled after creation and after every micro-batch; includes the CUDA
- * context and anything else on the GPU). */
+ * sampled after every device allocation and after every micro-batch;
+ * includes the CUDA context and anything else on the GPU). */
 size_t cuda_model_train_peak_bytes(const cuda_model_train *t);
 
 /* ---- MOHAWK stages 1 and 2 (DESIGN §2.5) with the same machinery --------

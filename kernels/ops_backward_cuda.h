@@ -185,7 +185,7 @@ double cuda_loss_kl(float *kl, const uint16_t *zs, const uint16_t *zt, int n, in
  * same fp32 operations in the same order (no FMA contraction), so it is
  * bit-compatible with the CPU step on the same gradients.
  *
- *   cuda_optim *d = cuda_optim_create(host);          // uploads w (m, v if the host has them)
+ *   cuda_optim *d = cuda_optim_create(host, NULL);    // uploads w (m, v if the host has them)
  *   cuda_optim_set_compute_copy(d, i, model_weight_bf16);
  *   per step: cuda_optim_zero_grad(d); backward into d->params[i].g ...;
  *             if (cuda_optim_step(d, lr, &err)) stop;  // NaN/Inf: nothing changed
@@ -198,7 +198,7 @@ typedef struct cuda_optim_param {
     int64_t numel;
     int64_t part0;      /* first slot of this parameter in the norm partials */
     int decay, frozen;
-    int g_external;     /* g is caller-owned (cuda_optim_set_grad) */
+    int g_external;     /* g is caller-owned (cuda_optim_create's grads) */
 } cuda_optim_param;
 
 typedef struct cuda_optim {
@@ -211,19 +211,27 @@ typedef struct cuda_optim {
     int64_t n_partials;
     double *norm2;    /* device, one double */
     unsigned long long *bad; /* device, first non-finite index */
+    void *slots;      /* device table of the trainable parameters (optim_cuda.cu) */
+    int n_slots, slots_stale;
+    int64_t n_chunks; /* AdamW blocks over all of them */
 } cuda_optim;
 
 #define CUDA_OPTIM_NORM_BLOCK 16384
 
 /* Upload a host optimiser's parameters (w; m and v where the host has
- * them, else zeros); gradients zeroed.  EX_TEMPFAIL when the GPU lacks
- * memory. */
-int cuda_optim_create(cuda_optim **out, const ra_optim *host, ra_error *err);
+ * them, else zeros); gradients zeroed.  grads (NULL, or one entry per
+ * host parameter): a non-NULL grads[i] (device fp32 [numel], caller-owned,
+ * e.g. a slice of a fused gradient buffer; trainable parameters only) is
+ * parameter i's gradient, for which the optimiser allocates none and which
+ * cuda_optim_zero_grad leaves to the caller.  EX_TEMPFAIL when the GPU
+ * lacks memory. */
+int cuda_optim_create(cuda_optim **out, const ra_optim *host, float *const *grads, ra_error *err);
 void cuda_optim_free(cuda_optim *o);
 void cuda_optim_set_compute_copy(cuda_optim *o, int i, uint16_t *w_bf16);
 /* Write every trainable parameter's rounded master weights into its
  * compute copy (done by each step; call once after create). */
 void cuda_optim_refresh_compute(cuda_optim *o);
+/* Zero the gradients the optimiser owns (not the caller's, see create). */
 void cuda_optim_zero_grad(cuda_optim *o);
 /* Global L2 norm of the trainable gradients (deterministic; NaN/Inf propagate). */
 double cuda_optim_grad_norm(cuda_optim *o);
@@ -236,10 +244,6 @@ int cuda_optim_step(cuda_optim *o, double lr, ra_error *err);
  * last_grad_norm back into the host optimiser it was created from. */
 void cuda_optim_download(const cuda_optim *o, ra_optim *host);
 
-/* Use g (device fp32 [numel], caller-owned, e.g. a slice of a fused
- * gradient buffer) as parameter i's gradient instead of the optimiser's
- * own array (which is freed).  Trainable parameters only. */
-void cuda_optim_set_grad(cuda_optim *o, int i, float *g);
 /* The reverse of cuda_optim_download: w, m, v (zeros where the host has
  * none), step and last_grad_norm from the host optimiser; compute copies
  * refreshed.  For --resume. */

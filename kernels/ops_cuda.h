@@ -74,6 +74,10 @@ void *cuda_get_stream(void);
 void cuda_synchronize(void);
 /* Free and total device memory in bytes (cudaMemGetInfo). */
 void cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
+/* The most device memory in use so far (the whole device, context and
+ * library workspaces included): sampled after every allocation made
+ * through cuda_malloc/cuda_malloc_try and at each call. */
+size_t cuda_mem_peak(void);
 
 /* ---- the ops (twins of lib/ops.h) -------------------------------------- */
 

@@ -8,6 +8,12 @@
  * adds the partials in a fixed tree.  No atomics, so the norm has the same
  * bits on every run.
  *
+ * Both passes run over every trainable parameter in one launch each (a
+ * table of the parameters, opt_slot, on the device; each block finds its
+ * parameter by binary search over the first block of each): a step had
+ * launched two kernels per parameter, ~250 of them for the 1B student,
+ * most on tensors of a few thousand elements.
+ *
  * Update: the same fp32 operations in the same order as lib/optim.c's
  * adamw_param, written with the _rn intrinsics so nvcc cannot fuse them
  * into FMAs (the host code is compiled without contraction too), so the
@@ -23,10 +29,41 @@
 
 /* ---- gradient norm ---------------------------------------------------------------- */
 
-/* Block b of a parameter's gradient: partial[b] = Σ g² (double). */
-__global__ void norm_partial_kernel(double *partial, const float *g, int64_t numel) {
+/* A trainable parameter as the fused passes see it. */
+struct opt_slot {
+    float *w, *m, *v;
+    const float *g;
+    bf16 *wb;           /* compute copy or NULL */
+    int64_t numel;
+    int64_t chunk0;     /* first AdamW block (ADAM_CHUNK elements each) */
+    int64_t part0;      /* first norm block (CUDA_OPTIM_NORM_BLOCK elements each) */
+    int decay, vec;     /* weight decay; 16-byte accesses */
+};
+
+#define ADAM_CHUNK 4096 /* elements per AdamW block: 4 float4 per thread */
+
+/* The slot whose blocks include block blk: the last i with first(i) ≤ blk
+ * (first = chunk0 or part0, ascending). */
+__device__ int slot_of_block(const opt_slot *s, int n, int64_t blk, bool norm) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if ((norm ? s[mid].part0 : s[mid].chunk0) <= blk) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Block b: partial[b] = Σ g² (double) over its parameter's block
+ * b − part0. */
+__global__ void __launch_bounds__(OPT_THREADS) norm_partial_kernel(double *partial, const opt_slot *slots, int n) {
     __shared__ double red[OPT_THREADS];
-    int64_t i0 = (int64_t)blockIdx.x * CUDA_OPTIM_NORM_BLOCK;
+    __shared__ int si;
+    if (threadIdx.x == 0) si = slot_of_block(slots, n, blockIdx.x, true);
+    __syncthreads();
+    const float *g = slots[si].g;
+    int64_t numel = slots[si].numel;
+    int64_t i0 = (blockIdx.x - slots[si].part0) * (int64_t)CUDA_OPTIM_NORM_BLOCK;
     int64_t i1 = i0 + CUDA_OPTIM_NORM_BLOCK < numel ? i0 + CUDA_OPTIM_NORM_BLOCK : numel;
     double s = 0;
     for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += (double)g[i] * g[i];
@@ -56,17 +93,33 @@ __global__ void norm_finish_kernel(double *out, const double *partial, int64_t n
 
 static int64_t norm_blocks(int64_t numel) { return (numel + CUDA_OPTIM_NORM_BLOCK - 1) / CUDA_OPTIM_NORM_BLOCK; }
 
-extern "C" double cuda_optim_grad_norm(cuda_optim *o) {
-    int any = 0;
+/* (Re)write the device table of trainable parameters (after create and
+ * whenever a compute copy is set). */
+static void upload_slots(cuda_optim *o) {
+    opt_slot *h = (opt_slot *)xcalloc((size_t)(o->n > 0 ? o->n : 1), sizeof *h);
+    int n = 0;
+    int64_t chunks = 0;
     for (int i = 0; i < o->n; i++) {
         cuda_optim_param *p = &o->params[i];
-        if (p->frozen) continue;
-        int64_t nb = norm_blocks(p->numel);
-        norm_partial_kernel<<<(unsigned)nb, OPT_THREADS, 0, ra_cuda_stream>>>(o->partials + p->part0, p->g, p->numel);
-        CUDA_CHECK_LAST();
-        any = 1;
+        if (p->frozen || p->numel == 0) continue;
+        opt_slot *s = &h[n++];
+        s->w = p->w, s->m = p->m, s->v = p->v, s->g = p->g, s->wb = (bf16 *)p->w_bf16;
+        s->numel = p->numel, s->chunk0 = chunks, s->part0 = p->part0, s->decay = p->decay;
+        s->vec = p->numel % 4 == 0 && ra_aligned16(p->w) && ra_aligned16(p->m) && ra_aligned16(p->v) &&
+                 ra_aligned16(p->g) && ((uintptr_t)p->w_bf16 & 3u) == 0;
+        chunks += (p->numel + ADAM_CHUNK - 1) / ADAM_CHUNK;
     }
-    if (!any) return 0;
+    if (n) cuda_upload(o->slots, h, (size_t)n * sizeof *h);
+    free(h);
+    o->n_slots = n, o->n_chunks = chunks, o->slots_stale = 0;
+}
+
+extern "C" double cuda_optim_grad_norm(cuda_optim *o) {
+    if (o->slots_stale) upload_slots(o);
+    if (!o->n_slots) return 0;
+    norm_partial_kernel<<<(unsigned)o->n_partials, OPT_THREADS, 0, ra_cuda_stream>>>(
+        o->partials, (const opt_slot *)o->slots, o->n_slots);
+    CUDA_CHECK_LAST();
     norm_finish_kernel<<<1, OPT_THREADS, 0, ra_cuda_stream>>>(o->norm2, o->partials, o->n_partials);
     CUDA_CHECK_LAST();
     double s;
@@ -120,46 +173,41 @@ __device__ __forceinline__ float adamw_element(float w, float g, float &m, float
     return __fsub_rn(__fmul_rn(w, decay_mul), __fdiv_rn(__fmul_rn(k.step_size, m), den));
 }
 
-__global__ void adamw_kernel(float *w, float *m, float *v, const float *g, bf16 *wb, int64_t numel, ra_adamw_consts k,
-                             float decay_mul) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
-        float mi = m[i], vi = v[i];
-        float wi = adamw_element(w[i], g[i], mi, vi, k, decay_mul);
-        m[i] = mi, v[i] = vi, w[i] = wi;
-        if (wb) wb[i] = __float2bfloat16(wi);
+/* Block b updates ADAM_CHUNK elements of its parameter (16-byte accesses
+ * where the parameter allows them: the step reads and writes ~30 bytes per
+ * parameter, bandwidth bound); the same operations per element either way,
+ * so the same bits. */
+__global__ void __launch_bounds__(OPT_THREADS) adamw_kernel(const opt_slot *slots, int n, ra_adamw_consts k,
+                                                            float decay_mul) {
+    __shared__ int si;
+    if (threadIdx.x == 0) si = slot_of_block(slots, n, blockIdx.x, false);
+    __syncthreads();
+    const opt_slot s = slots[si];
+    const float dm = s.decay ? decay_mul : 1.0f;
+    const int64_t i0 = (blockIdx.x - s.chunk0) * (int64_t)ADAM_CHUNK;
+    const int64_t i1 = i0 + ADAM_CHUNK < s.numel ? i0 + ADAM_CHUNK : s.numel;
+    if (s.vec) { /* numel % 4 == 0, so i0 and i1 are multiples of 4 */
+        float4 *w = (float4 *)s.w, *m = (float4 *)s.m, *v = (float4 *)s.v;
+        const float4 *g = (const float4 *)s.g;
+        __nv_bfloat162 *wb = (__nv_bfloat162 *)s.wb;
+#pragma unroll 4
+        for (int64_t i = i0 / 4 + threadIdx.x; i < i1 / 4; i += OPT_THREADS) {
+            float4 w4 = w[i], g4 = g[i], m4 = m[i], v4 = v[i];
+            w4.x = adamw_element(w4.x, g4.x, m4.x, v4.x, k, dm);
+            w4.y = adamw_element(w4.y, g4.y, m4.y, v4.y, k, dm);
+            w4.z = adamw_element(w4.z, g4.z, m4.z, v4.z, k, dm);
+            w4.w = adamw_element(w4.w, g4.w, m4.w, v4.w, k, dm);
+            w[i] = w4, m[i] = m4, v[i] = v4;
+            if (wb) wb[2 * i] = __floats2bfloat162_rn(w4.x, w4.y), wb[2 * i + 1] = __floats2bfloat162_rn(w4.z, w4.w);
+        }
+        return;
     }
-}
-
-/* The same 4 elements per thread with 16-byte loads and stores (the step
- * reads and writes ~30 bytes per parameter: bandwidth bound); the same
- * operations per element, so the same bits. */
-__global__ void adamw_vec4_kernel(float4 *w, float4 *m, float4 *v, const float4 *g, __nv_bfloat162 *wb, int64_t n4,
-                                  ra_adamw_consts k, float decay_mul) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
-        float4 w4 = w[i], g4 = g[i], m4 = m[i], v4 = v[i];
-        w4.x = adamw_element(w4.x, g4.x, m4.x, v4.x, k, decay_mul);
-        w4.y = adamw_element(w4.y, g4.y, m4.y, v4.y, k, decay_mul);
-        w4.z = adamw_element(w4.z, g4.z, m4.z, v4.z, k, decay_mul);
-        w4.w = adamw_element(w4.w, g4.w, m4.w, v4.w, k, decay_mul);
-        w[i] = w4, m[i] = m4, v[i] = v4;
-        if (wb) wb[2 * i] = __floats2bfloat162_rn(w4.x, w4.y), wb[2 * i + 1] = __floats2bfloat162_rn(w4.z, w4.w);
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += OPT_THREADS) {
+        float mi = s.m[i], vi = s.v[i];
+        float wi = adamw_element(s.w[i], s.g[i], mi, vi, k, dm);
+        s.m[i] = mi, s.v[i] = vi, s.w[i] = wi;
+        if (s.wb) s.wb[i] = __float2bfloat16(wi);
     }
-}
-
-static void adamw_launch(cuda_optim_param *p, const ra_adamw_consts &k, float decay_mul) {
-    bf16 *wb = (bf16 *)p->w_bf16;
-    bool vec = p->numel % 4 == 0 && ra_aligned16(p->w) && ra_aligned16(p->m) && ra_aligned16(p->v) &&
-               ra_aligned16(p->g) && ((uintptr_t)wb & 3u) == 0;
-    if (vec) {
-        int64_t n4 = p->numel / 4;
-        adamw_vec4_kernel<<<ra_grid_for(n4, 256), 256, 0, ra_cuda_stream>>>(
-            (float4 *)p->w, (float4 *)p->m, (float4 *)p->v, (const float4 *)p->g, (__nv_bfloat162 *)wb, n4, k,
-            decay_mul);
-    } else {
-        adamw_kernel<<<ra_grid_for(p->numel, 256), 256, 0, ra_cuda_stream>>>(p->w, p->m, p->v, p->g, wb, p->numel, k,
-                                                                            decay_mul);
-    }
-    CUDA_CHECK_LAST();
 }
 
 __global__ void refresh_kernel(bf16 *wb, const float *w, int64_t numel) {
@@ -172,10 +220,10 @@ extern "C" int cuda_optim_step(cuda_optim *o, double lr, ra_error *err) {
     if (!isfinite(norm)) return report_bad_grad(o, err);
     o->last_grad_norm = norm;
     ra_adamw_consts k = ra_adamw_step_consts(&o->cfg, o->step, lr, norm);
-    for (int i = 0; i < o->n; i++) {
-        cuda_optim_param *p = &o->params[i];
-        if (p->frozen) continue;
-        adamw_launch(p, k, p->decay ? k.decay_mul : 1.0f);
+    if (o->n_chunks) {
+        adamw_kernel<<<(unsigned)o->n_chunks, OPT_THREADS, 0, ra_cuda_stream>>>((const opt_slot *)o->slots, o->n_slots,
+                                                                              k, k.decay_mul);
+        CUDA_CHECK_LAST();
     }
     o->step++;
     return 0;
@@ -199,12 +247,12 @@ extern "C" void cuda_optim_free(cuda_optim *o) {
         cuda_free(p->w), cuda_free(p->m), cuda_free(p->v);
         if (!p->g_external) cuda_free(p->g);
     }
-    cuda_free(o->partials), cuda_free(o->norm2), cuda_free(o->bad);
+    cuda_free(o->partials), cuda_free(o->norm2), cuda_free(o->bad), cuda_free(o->slots);
     free(o->params);
     free(o);
 }
 
-extern "C" int cuda_optim_create(cuda_optim **out, const ra_optim *host, ra_error *err) {
+extern "C" int cuda_optim_create(cuda_optim **out, const ra_optim *host, float *const *grads, ra_error *err) {
     cuda_optim *o = (cuda_optim *)xcalloc(1, sizeof *o);
     *out = NULL;
     o->cfg = host->cfg;
@@ -223,11 +271,12 @@ extern "C" int cuda_optim_create(cuda_optim **out, const ra_optim *host, ra_erro
         cuda_upload(p->w, hp->w, bytes);
         if (p->frozen) continue;
         o->n_partials += norm_blocks(hp->numel);
-        if ((rc = cuda_malloc_try((void **)&p->g, bytes, "gradients", err)) ||
-            (rc = cuda_malloc_try((void **)&p->m, bytes, "AdamW moments", err)) ||
+        if (grads && grads[i]) p->g = grads[i], p->g_external = 1;
+        else if ((rc = cuda_malloc_try((void **)&p->g, bytes, "gradients", err))) break;
+        else cuda_memset(p->g, 0, bytes);
+        if ((rc = cuda_malloc_try((void **)&p->m, bytes, "AdamW moments", err)) ||
             (rc = cuda_malloc_try((void **)&p->v, bytes, "AdamW moments", err)))
             break;
-        cuda_memset(p->g, 0, bytes);
         if (hp->m) cuda_upload(p->m, hp->m, bytes);
         else cuda_memset(p->m, 0, bytes);
         if (hp->v) cuda_upload(p->v, hp->v, bytes);
@@ -237,21 +286,24 @@ extern "C" int cuda_optim_create(cuda_optim **out, const ra_optim *host, ra_erro
                                   "gradient-norm partials", err);
     if (!rc) rc = cuda_malloc_try((void **)&o->norm2, sizeof(double), "gradient norm", err);
     if (!rc) rc = cuda_malloc_try((void **)&o->bad, sizeof(unsigned long long), "gradient check", err);
+    if (!rc) rc = cuda_malloc_try(&o->slots, (size_t)(o->n > 0 ? o->n : 1) * sizeof(opt_slot), "optimiser table", err);
     if (rc) {
         cuda_optim_free(o);
         return rc;
     }
+    upload_slots(o);
     *out = o;
     return 0;
 }
 
 extern "C" void cuda_optim_set_compute_copy(cuda_optim *o, int i, uint16_t *w_bf16) {
-    if (i >= 0 && i < o->n) o->params[i].w_bf16 = w_bf16;
+    if (i >= 0 && i < o->n) o->params[i].w_bf16 = w_bf16, o->slots_stale = 1;
 }
 
 extern "C" void cuda_optim_zero_grad(cuda_optim *o) {
     for (int i = 0; i < o->n; i++)
-        if (o->params[i].g) cuda_memset(o->params[i].g, 0, (size_t)o->params[i].numel * sizeof(float));
+        if (o->params[i].g && !o->params[i].g_external)
+            cuda_memset(o->params[i].g, 0, (size_t)o->params[i].numel * sizeof(float));
 }
 
 extern "C" void cuda_optim_download(const cuda_optim *o, ra_optim *host) {
@@ -269,14 +321,6 @@ extern "C" void cuda_optim_download(const cuda_optim *o, ra_optim *host) {
     }
     host->step = o->step;
     host->last_grad_norm = o->last_grad_norm;
-}
-
-extern "C" void cuda_optim_set_grad(cuda_optim *o, int i, float *g) {
-    if (i < 0 || i >= o->n || o->params[i].frozen) return;
-    cuda_optim_param *p = &o->params[i];
-    if (!p->g_external) cuda_free(p->g);
-    p->g = g;
-    p->g_external = 1;
 }
 
 extern "C" void cuda_optim_upload(cuda_optim *o, const ra_optim *host) {

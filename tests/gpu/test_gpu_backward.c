@@ -595,7 +595,7 @@ static void run_adamw(double clip, float gscale, const char *label) {
     pair_init(&P, clip);
     ra_error err = {0, ""};
     cuda_optim *d = NULL;
-    EXPECT(cuda_optim_create(&d, P.src, &err) == 0);
+    EXPECT(cuda_optim_create(&d, P.src, NULL, &err) == 0);
     if (!d) return;
     uint16_t *wb = cuda_malloc((size_t)P_NUMEL[0] * 2);
     cuda_optim_set_compute_copy(d, 0, wb);
@@ -647,7 +647,7 @@ TEST(adamw_nan_leaves_everything_unchanged) {
     pair_init(&P, 0.0);
     ra_error err = {0, ""};
     cuda_optim *d = NULL;
-    EXPECT(cuda_optim_create(&d, P.src, &err) == 0);
+    EXPECT(cuda_optim_create(&d, P.src, NULL, &err) == 0);
     if (!d) return;
     fill_grads(&P, d, 1.0f);
     EXPECT(cuda_optim_step(d, 1e-3, &err) == 0);
