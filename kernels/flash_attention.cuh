@@ -18,9 +18,13 @@
 #ifndef RA_FLASH_ATTENTION_CUH
 #define RA_FLASH_ATTENTION_CUH
 
-#define FA_BR 64 /* query rows per block */
+#ifndef FA_BR
+#define FA_BR 64 /* query rows per block: 16 per warp */
+#endif
 #define FA_BC 64 /* key rows per tile */
-#define FA_THREADS 128
+#define FA_THREADS (FA_BR * 2)
+/* blocks per SM the registers must allow: 512 threads at head dim ≤ 64 */
+#define FA_MIN_BLOCKS(HD) ((HD) <= 64 ? 512 / FA_THREADS : 256 / FA_THREADS > 0 ? 256 / FA_THREADS : 1)
 
 typedef struct {
     bf16 *out;
@@ -94,7 +98,7 @@ __device__ __forceinline__ void fa_load_kv(bf16 *sK, bf16 *sV, const bf16 *kb, c
 }
 
 template <int HD>
-__global__ void __launch_bounds__(FA_THREADS, HD <= 64 ? 4 : 2) flash_attention_kernel(const fa_params p) {
+__global__ void __launch_bounds__(FA_THREADS, FA_MIN_BLOCKS(HD)) flash_attention_kernel(const fa_params p) {
     constexpr int LD = HD + 8; /* padded rows: 16-byte aligned, ldmatrix conflict-free */
     constexpr int NT = FA_BC / 8; /* 8-key tiles of S per warp */
     constexpr int DT = HD / 8;    /* 8-dim tiles of O per warp */

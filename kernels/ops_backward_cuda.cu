@@ -289,12 +289,14 @@ __device__ __forceinline__ int first_key_of(const int32_t *ds, int t) {
     return ds && ds[t] >= 0 && ds[t] <= t ? ds[t] : 0;
 }
 
-/* Row t of matrix m (m over the Hkv heads of one call): S (scaled scores,
- * fp32) → P in place, and its bf16 copy; keys outside [first_key, t] get 0. */
-__global__ void att_softmax_kernel(float *S, bf16 *Pb, const int32_t *ds, int T) {
+/* Row t of matrix m (m over the matrices of one call): S (scaled scores,
+ * fp32) → P in place, and its bf16 copy; keys outside [first_key, t] get 0.
+ * Matrix m's document starts are at ds + m·ds_step (ds_step 0: the same
+ * batch row for all). */
+__global__ void att_softmax_kernel(float *S, bf16 *Pb, const int32_t *ds, int T, int64_t ds_step) {
     __shared__ float scratch[32];
     int64_t m = blockIdx.x / T;
-    int t = blockIdx.x % T, lo = first_key_of(ds, t);
+    int t = blockIdx.x % T, lo = first_key_of(ds ? ds + m * ds_step : NULL, t);
     float *row = S + (m * T + t) * T;
     bf16 *prow = Pb + (m * T + t) * T;
     float mx = -INFINITY;
@@ -339,48 +341,59 @@ __global__ void f32_to_bf16_rows_kernel(bf16 *dst, int64_t stride, const float *
         dst[i / width * stride + i % width] = __float2bfloat16(src[i]);
 }
 
-/* One call per (batch b, position r in the GQA group): query heads
- * h = g·group + r for every KV head g, batched over g. */
+/* Materialised: S, P, dP and dS of `count` (batch row, KV head) matrices
+ * at a time, through strided-batched GEMMs.  Batched over the batch rows
+ * for one KV head when B ≥ Hkv (a hybrid layer's few kept heads: one
+ * strided batch of B instead of B batches of one), else over the KV heads
+ * of one batch row; one such call per position r in the GQA group. */
 extern "C" void cuda_attention_backward_ex(const cuda_attention_bwd_args *a) {
     int B = a->B, T = a->T, H = a->H, Hkv = a->Hkv, hd = a->hd;
     if (B <= 0 || T <= 0 || H <= 0 || Hkv <= 0 || hd <= 0) return;
     int group = H / Hkv, kv_row = Hkv * hd;
     int64_t qs = a->q_stride, ks = a->kv_stride, os = a->dout_stride, dqs = a->dq_stride;
     float scale = (float)(1.0 / sqrt((double)hd));
-    size_t TT = (size_t)T * T, cnt = (size_t)Hkv;
-    float *S = (float *)train_scratch(TS_ATT_S, cnt * TT * 4);
-    float *dP = (float *)train_scratch(TS_ATT_DP, cnt * TT * 4);
-    uint16_t *Pb = (uint16_t *)train_scratch(TS_ATT_PB, cnt * TT * 2);
-    uint16_t *dSb = (uint16_t *)train_scratch(TS_ATT_DSB, cnt * TT * 2);
+    const bool by_row = B >= Hkv;
+    const int count = by_row ? B : Hkv, outer = by_row ? Hkv : B;
+    size_t TT = (size_t)T * T;
+    float *S = (float *)train_scratch(TS_ATT_S, count * TT * 4);
+    float *dP = (float *)train_scratch(TS_ATT_DP, count * TT * 4);
+    uint16_t *Pb = (uint16_t *)train_scratch(TS_ATT_PB, count * TT * 2);
+    uint16_t *dSb = (uint16_t *)train_scratch(TS_ATT_DSB, count * TT * 2);
     size_t kv_elems = (size_t)B * T * kv_row;
     float *dk32 = (float *)train_scratch(TS_ATT_DKV, 2 * kv_elems * 4), *dv32 = dk32 + kv_elems;
-    long long sQ = (long long)group * hd, sK = hd, sT = (long long)TT;
-    for (int b = 0; b < B; b++) {
-        const int32_t *ds = a->doc_start ? a->doc_start + (size_t)b * T : NULL;
-        size_t q0 = (size_t)b * T * qs, o0 = (size_t)b * T * os, dq0 = (size_t)b * T * dqs;
-        size_t k0 = (size_t)b * T * ks, s0 = (size_t)b * T * kv_row;
+    /* strides between the batched matrices: the next batch row, or the next KV head */
+    long long sQ = by_row ? (long long)T * qs : (long long)group * hd, sK = by_row ? (long long)T * ks : hd;
+    long long sO = by_row ? (long long)T * os : (long long)group * hd, sDQ = by_row ? (long long)T * dqs : sO;
+    long long sKV = by_row ? (long long)T * kv_row : hd, sT = (long long)TT;
+    for (int o = 0; o < outer; o++) {
+        /* the first matrix of the batch: batch row 0 / b, KV head g / 0 */
+        size_t b0 = by_row ? 0 : (size_t)o, g0 = by_row ? (size_t)o : 0;
+        const int32_t *ds = a->doc_start ? a->doc_start + b0 * T : NULL;
+        size_t q0 = b0 * T * qs + g0 * group * hd, o0 = b0 * T * os + g0 * group * hd;
+        size_t dq0 = b0 * T * dqs + g0 * group * hd, k0 = b0 * T * ks + g0 * hd, s0 = b0 * T * kv_row + g0 * hd;
         for (int r = 0; r < group; r++) {
             const uint16_t *Q = a->q + q0 + (size_t)r * hd, *dO = a->dout + o0 + (size_t)r * hd;
             const uint16_t *K = a->k + k0, *Vv = a->v + k0;
             float beta = r ? 1.0f : 0.0f;
             /* Sᵀ = scale · K_cmᵀ · Q_cm   (S[t][s] = scale · q_t·k_s) */
             gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, K, (int)ks, sK, Q, (int)qs, sQ, 0.0f, S, CUDA_R_32F, T,
-                    sT, Hkv);
-            att_softmax_kernel<<<(unsigned)(cnt * T), 128, 0, ra_cuda_stream>>>(S, (bf16 *)Pb, ds, T);
+                    sT, count);
+            att_softmax_kernel<<<(unsigned)(count * T), 128, 0, ra_cuda_stream>>>(S, (bf16 *)Pb, ds, T,
+                                                                                  by_row ? (int64_t)T : 0);
             CUDA_CHECK_LAST();
             /* dP[t][s] = dO_t · v_s */
-            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, Vv, (int)ks, sK, dO, (int)os, sQ, 0.0f, dP, CUDA_R_32F,
-                    T, sT, Hkv);
-            att_dsoftmax_kernel<<<(unsigned)(cnt * T), 128, 0, ra_cuda_stream>>>((bf16 *)dSb, S, dP, T, scale);
+            gemm_sb(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, Vv, (int)ks, sK, dO, (int)os, sO, 0.0f, dP, CUDA_R_32F,
+                    T, sT, count);
+            att_dsoftmax_kernel<<<(unsigned)(count * T), 128, 0, ra_cuda_stream>>>((bf16 *)dSb, S, dP, T, scale);
             CUDA_CHECK_LAST();
             /* dQ_cm (hd × T) = K_cm · dS_cm   (dS carries the scale) */
             gemm_sb(CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, K, (int)ks, sK, dSb, T, sT, 0.0f,
-                    a->dq + dq0 + (size_t)r * hd, CUDA_R_16BF, (int)dqs, sQ, Hkv);
+                    a->dq + dq0 + (size_t)r * hd, CUDA_R_16BF, (int)dqs, sDQ, count);
             /* dK_cm (hd × T) += Q_cm · dS_cmᵀ;  dV_cm += dO_cm · P_cmᵀ */
             gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, Q, (int)qs, sQ, dSb, T, sT, beta, dk32 + s0, CUDA_R_32F,
-                    kv_row, sK, Hkv);
-            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dO, (int)os, sQ, Pb, T, sT, beta, dv32 + s0, CUDA_R_32F,
-                    kv_row, sK, Hkv);
+                    kv_row, sKV, count);
+            gemm_sb(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dO, (int)os, sO, Pb, T, sT, beta, dv32 + s0, CUDA_R_32F,
+                    kv_row, sKV, count);
         }
     }
     int64_t rows = (int64_t)B * T;
@@ -411,8 +424,9 @@ extern "C" int cuda_train_scratch_reserve(int n, int colsum_width, int B, int T,
     size_t need[TS_N] = {0};
     need[TS_COLSUM] = (size_t)((n + COLSUM_ROWS - 1) / COLSUM_ROWS) * colsum_width * 4;
     if (Hkv_max > 0) {
-        need[TS_ATT_S] = need[TS_ATT_DP] = (size_t)Hkv_max * TT * 4;
-        need[TS_ATT_PB] = need[TS_ATT_DSB] = (size_t)Hkv_max * TT * 2;
+        size_t count = (size_t)(B >= Hkv_max ? B : Hkv_max); /* matrices per call of the attention backward */
+        need[TS_ATT_S] = need[TS_ATT_DP] = count * TT * 4;
+        need[TS_ATT_PB] = need[TS_ATT_DSB] = count * TT * 2;
         need[TS_ATT_DKV] = 2 * (size_t)B * T * Hkv_max * hd * 4;
     }
     need[TS_ADAPTER] = (size_t)n * adapter_D * 4;

@@ -288,6 +288,7 @@ TEST(attention_backward_matches_cpu) {
     check_attention(1, 1, 4, 4, 64, 0);   /* T = 1, no GQA */
     check_attention(1, 96, 8, 1, 48, 1);  /* group of 8, head dim 48 */
     check_attention(1, 300, 4, 2, 128, 0);
+    check_attention(3, 100, 2, 1, 64, 1); /* batched over the batch rows, packed documents */
 }
 
 /* ---- head mask, SwiGLU ----------------------------------------------------- */

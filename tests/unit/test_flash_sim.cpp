@@ -60,7 +60,10 @@ static inline float bf2f(uint16_t h) {
 
 /* ---- cooperative threads -------------------------------------------------- */
 
-#define NTHREADS 128
+#ifndef FA_BR /* the kernel's default, which the header would set */
+#define FA_BR 64
+#endif
+#define NTHREADS (FA_BR * 2) /* FA_THREADS */
 #define STACK_BYTES (256 * 1024)
 static ucontext_t sched_ctx, thread_ctx[NTHREADS];
 static int thread_done[NTHREADS];
@@ -72,7 +75,7 @@ struct sim_barrier {
     int n, count;
     unsigned gen;
 };
-static sim_barrier block_bar = {NTHREADS, 0, 0}, warp_bar[NTHREADS / 32] = {{32, 0, 0}, {32, 0, 0}, {32, 0, 0}, {32, 0, 0}};
+static sim_barrier block_bar = {NTHREADS, 0, 0}, warp_bar[NTHREADS / 32];
 
 static void sim_wait(sim_barrier &b) {
     unsigned g = b.gen;
@@ -182,7 +185,7 @@ static void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 
 static uint32_t pack_bf16x2(float lo, float hi) { return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16); }
 
-alignas(16) static unsigned char sim_smem[(64 + 4 * 64) * (128 + 8) * 2];
+alignas(16) static unsigned char sim_smem[(FA_BR + 4 * 64) * (128 + 8) * 2]; /* the largest head dim */
 static unsigned char *fa_sim_dynamic_smem(void) { return sim_smem; }
 
 #include "flash_attention.cuh"
@@ -340,6 +343,7 @@ static void check(sim_case c) {
 }
 
 int main(void) {
+    for (auto &w : warp_bar) w = sim_barrier{32, 0, 0};
     check<64>({1, 1, 2, 2, 64, 0, 0, 0});
     check<64>({2, 77, 4, 1, 64, 0, 0, 0});
     check<64>({1, 200, 8, 2, 64, 29, 0, 0});
