@@ -15,7 +15,7 @@ __device__ __forceinline__ float slot_value(const bf16 *ka, const bf16 *ss, cons
 }
 
 __global__ void slots_kernel(bf16 *slots, const bf16 *katt, const bf16 *ssm, const int32_t *src, int adapt,
-                             const uint8_t *ssm_keep, int T, int H, int k, int Hs, int hd) {
+                             const uint8_t *ssm_keep, int T, int H, int k, int Hs, int hd, bool vec) {
     __shared__ float scratch[32];
     const int64_t r = blockIdx.x;
     const int W = H * hd;
@@ -42,6 +42,16 @@ __global__ void slots_kernel(bf16 *slots, const bf16 *katt, const bf16 *ssm, con
         ra = rsqrtf(va / (float)(k * hd) + HY_EPS), sg = sqrtf(vs / (float)(Hs * hd) + HY_EPS);
     }
     const uint8_t *keep = ssm_keep ? ssm_keep + (r / T) * H : NULL;
+    if (!adapt && vec) { /* a plain scatter: 8 elements per 16-byte access */
+        for (int e = threadIdx.x * 8; e < W; e += blockDim.x * 8) {
+            int h = e / hd, p = e - h * hd, s = src[h];
+            uint4 v = s >= 0 ? *reinterpret_cast<const uint4 *>(ka + s * hd + p)
+                             : *reinterpret_cast<const uint4 *>(ss + (-1 - s) * hd + p);
+            if (s < 0 && keep && !keep[h]) v = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4 *>(slots + r * W + e) = v;
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < W; e += blockDim.x) {
         int h = e / hd;
         float v = slot_value(ka, ss, src, e, hd);
@@ -59,8 +69,9 @@ extern "C" void cuda_hybrid_slots(uint16_t *slots, const uint16_t *katt, const u
                                   int hd) {
     if (n <= 0) return;
     int adapt = static_adapter && k > 0 && Hs > 0;
+    bool vec = hd % 8 == 0 && ra_aligned16(slots) && (!k || ra_aligned16(katt)) && (!Hs || ra_aligned16(ssm));
     slots_kernel<<<n, 256, 0, ra_cuda_stream>>>((bf16 *)slots, (const bf16 *)katt, (const bf16 *)ssm, slot_src, adapt,
-                                                ssm_keep, T, H, k, Hs, hd);
+                                                ssm_keep, T, H, k, Hs, hd, vec);
     CUDA_CHECK_LAST();
 }
 

@@ -533,48 +533,78 @@ typedef struct seg_list {
     int a_off[ADAPTER_MAX_HEADS], s_off[ADAPTER_MAX_HEADS];
 } seg_list;
 
-/* Build the segment lists in shared memory (thread 0), then sync. */
+/* Build the segment lists in shared memory, then sync.  Thread h reads
+ * slot h's flag and warp ballots place it: the lists stay in head order
+ * (thread 0 walking the H flags had cost several microseconds per token of
+ * dependent global loads). */
 __device__ void seg_build(seg_list *L, const uint8_t *attn_slot, int H, int len) {
-    if (threadIdx.x == 0) {
-        L->len = len;
-        if (!attn_slot) {
-            L->na = L->ns = 1;
-            L->a_off[0] = L->s_off[0] = 0;
-        } else {
-            L->na = L->ns = 0;
-            for (int h = 0; h < H; h++) {
-                if (attn_slot[h]) L->a_off[L->na++] = h * len;
-                else L->s_off[L->ns++] = h * len;
-            }
-        }
+    __shared__ int warp_a[ADAPTER_THREADS / 32], warp_s[ADAPTER_THREADS / 32];
+    const int h = threadIdx.x, lane = h & 31, w = h >> 5;
+    if (!attn_slot) {
+        if (h == 0) L->len = len, L->na = L->ns = 1, L->a_off[0] = L->s_off[0] = 0;
+        __syncthreads();
+        return;
     }
+    const bool in = h < H, att = in && attn_slot[h];
+    const unsigned ma = __ballot_sync(0xffffffffu, att), ms = __ballot_sync(0xffffffffu, in && !att);
+    if (lane == 0) warp_a[w] = __popc(ma), warp_s[w] = __popc(ms);
+    __syncthreads();
+    int pa = __popc(ma & ((1u << lane) - 1u)), ps = __popc(ms & ((1u << lane) - 1u)), na = 0, ns = 0;
+    for (int v = 0; v < ADAPTER_THREADS / 32; v++) {
+        if (v < w) pa += warp_a[v], ps += warp_s[v];
+        na += warp_a[v], ns += warp_s[v];
+    }
+    if (att) L->a_off[pa] = h * len;
+    else if (in) L->s_off[ps] = h * len;
+    if (h == 0) L->len = len, L->na = na, L->ns = ns;
     __syncthreads();
 }
 
 /* Element e (< count·len) of a segment list → offset. */
 __device__ __forceinline__ int seg_at(const int *off, int len, int e) { return off[e / len] + e % len; }
 
-/* Two-pass mean and population variance of the segments (fp32). */
+/* Two-pass mean and population variance of the segments (fp32); vec: 8
+ * elements per 16-byte load (len and the row's alignment allow it). */
 __device__ void seg_moments(const bf16 *base, const int *off, int nseg, int len, float *mu, float *var,
-                            float *scratch) {
+                            float *scratch, bool vec) {
     int cnt = nseg * len;
-    float s = 0.0f;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) s += __bfloat162float(base[seg_at(off, len, e)]);
+    float s = 0.0f, f[8];
+    if (vec)
+        for (int e = threadIdx.x * 8; e < cnt; e += blockDim.x * 8) {
+            bf16x8_to_float(*reinterpret_cast<const uint4 *>(base + seg_at(off, len, e)), f);
+            for (int j = 0; j < 8; j++) s += f[j];
+        }
+    else
+        for (int e = threadIdx.x; e < cnt; e += blockDim.x) s += __bfloat162float(base[seg_at(off, len, e)]);
     float m = block_sum(s, scratch) / cnt;
     float ss = 0.0f;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        float d = __bfloat162float(base[seg_at(off, len, e)]) - m;
-        ss += d * d;
-    }
+    if (vec)
+        for (int e = threadIdx.x * 8; e < cnt; e += blockDim.x * 8) {
+            bf16x8_to_float(*reinterpret_cast<const uint4 *>(base + seg_at(off, len, e)), f);
+            for (int j = 0; j < 8; j++) ss += (f[j] - m) * (f[j] - m);
+        }
+    else
+        for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+            float d = __bfloat162float(base[seg_at(off, len, e)]) - m;
+            ss += d * d;
+        }
     *mu = m;
     *var = block_sum(ss, scratch) / cnt;
+}
+
+/* 16-byte accesses for every segment of rows at these bases and strides. */
+static bool seg_vec_ok(int len, const void *a, int64_t a_stride, const void *b, int64_t b_stride, const void *c,
+                       int64_t c_stride) {
+    return len % 8 == 0 && a_stride % 8 == 0 && b_stride % 8 == 0 && c_stride % 8 == 0 && ra_aligned16(a) &&
+           ra_aligned16(b) && ra_aligned16(c);
 }
 
 /* out (a's offsets from out rows) = rescaled a; stats [n, 4]; a static
  * layer with no attention or no SSM slot: stats zeroed, out untouched (the
  * caller copied the slots). */
 __global__ void adapter_fwd_kernel(bf16 *out, int64_t out_stride, float *stats, const bf16 *a, int64_t a_stride,
-                                   const bf16 *s, int64_t s_stride, const uint8_t *attn_slot, int H, int len) {
+                                   const bf16 *s, int64_t s_stride, const uint8_t *attn_slot, int H, int len,
+                                   bool vec) {
     __shared__ seg_list L;
     __shared__ float scratch[32];
     seg_build(&L, attn_slot, H, len);
@@ -587,13 +617,22 @@ __global__ void adapter_fwd_kernel(bf16 *out, int64_t out_stride, float *stats, 
     const bf16 *ar = a + i * a_stride, *sr = s + i * s_stride;
     bf16 *orow = out + i * out_stride;
     float ma, va, ms, vs;
-    seg_moments(ar, L.a_off, L.na, len, &ma, &va, scratch);
-    seg_moments(sr, L.s_off, L.ns, len, &ms, &vs, scratch);
+    seg_moments(ar, L.a_off, L.na, len, &ma, &va, scratch, vec);
+    seg_moments(sr, L.s_off, L.ns, len, &ms, &vs, scratch, vec);
     float r = rsqrtf(va + ADAPTER_EPS), sg = sqrtf(vs + ADAPTER_EPS);
-    for (int e = threadIdx.x; e < L.na * len; e += blockDim.x) {
-        int o = seg_at(L.a_off, len, e);
-        orow[o] = __float2bfloat16((__bfloat162float(ar[o]) - ma) * r * sg + ms);
-    }
+    if (vec)
+        for (int e = threadIdx.x * 8; e < L.na * len; e += blockDim.x * 8) {
+            int o = seg_at(L.a_off, len, e);
+            float f[8];
+            bf16x8_to_float(*reinterpret_cast<const uint4 *>(ar + o), f);
+            for (int j = 0; j < 8; j++) f[j] = (f[j] - ma) * r * sg + ms;
+            *reinterpret_cast<uint4 *>(orow + o) = float_to_bf16x8(f);
+        }
+    else
+        for (int e = threadIdx.x; e < L.na * len; e += blockDim.x) {
+            int o = seg_at(L.a_off, len, e);
+            orow[o] = __float2bfloat16((__bfloat162float(ar[o]) - ma) * r * sg + ms);
+        }
     if (threadIdx.x == 0) st[0] = ma, st[1] = r, st[2] = ms, st[3] = sg;
 }
 
@@ -652,7 +691,8 @@ extern "C" void cuda_adapter_static_forward(uint16_t *out, float *stats, const u
     int64_t row = (int64_t)H * hd;
     cuda_copy(out, slots, (size_t)n * row * 2);
     adapter_fwd_kernel<<<n, ADAPTER_THREADS, 0, ra_cuda_stream>>>((bf16 *)out, row, stats, (const bf16 *)slots, row,
-                                                                 (const bf16 *)slots, row, attn_slot, H, hd);
+                                                                 (const bf16 *)slots, row, attn_slot, H, hd,
+                                                                 seg_vec_ok(hd, out, row, slots, row, slots, row));
     CUDA_CHECK_LAST();
 }
 
@@ -676,7 +716,8 @@ extern "C" void cuda_adapter_linear_forward(uint16_t *out, uint16_t *adapted, fl
                                             int D) {
     if (n <= 0 || D <= 0) return;
     adapter_fwd_kernel<<<n, ADAPTER_THREADS, 0, ra_cuda_stream>>>((bf16 *)adapted, D, stats, (const bf16 *)attn, D,
-                                                                 (const bf16 *)ssm, D, NULL, 1, D);
+                                                                 (const bf16 *)ssm, D, NULL, 1, D,
+                                                                 seg_vec_ok(D, adapted, D, attn, D, ssm, D));
     CUDA_CHECK_LAST();
     cuda_linear_forward(out, adapted, W, b, n, D, D);
     int64_t m = (int64_t)n * D;
